@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     )
     namespace: str = Field("default", description="Tenant whose facts the agent sees.")
     playbook_token_budget: int = Field(1200, ge=0, description="Tokens the rendered playbook may use.")
+    playbook_tokenizer: str = Field(
+        "model",
+        description="Counts playbook tokens: 'model' (local model tokenizer), 'tiktoken:<encoding>', or a path.",
+    )
+    playbook_prune_min_harmful: int = Field(
+        3, ge=1, description="Prune a bullet once harmful >= this and harmful > 2 x helpful."
+    )
     dedup_threshold: float = Field(0.90, gt=0.0, le=1.0, description="Cosine at which bullets merge.")
     dedup_mode: Literal["proactive", "lazy", "off"] = Field(
         "proactive", description="De-duplicate after each delta, only when over budget, or never."
@@ -73,6 +80,9 @@ class Settings(BaseSettings):
         0.3, ge=0.0, le=1.0, description="Max share of model-written facts among search results."
     )
     max_tool_rounds: int = Field(3, ge=0, le=20, description="Loop guard on tool rounds per turn.")
+    agent_top_k: int = Field(
+        4, ge=1, le=50, description="Facts the agent retrieves into the prompt per turn (more = longer prompt)."
+    )
 
     @field_validator("model")
     @classmethod
