@@ -1,0 +1,174 @@
+"""Render the playbook into a prompt block under a hard token budget.
+
+Bullets appear as `[strat-00042] content` under `## section` headers so the Generator can cite
+them. Over budget we do not truncate text (that is how ACE's reference code grows past 100K
+tokens, or silently cuts lessons in half); we *select* whole bullets, alternating between the
+most relevant to the query (cosine of MiniLM embeddings) and the most helpful
+(helpful - harmful), and say how many were left out.
+
+Token counts use the local model's tokenizer (`tokenizer.json`, no torch import) by default, or
+tiktoken for OpenAI-style budgets (`FACTFLOW_PLAYBOOK_TOKENIZER=tiktoken:cl100k_base`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from factflow.errors import UserError
+from factflow.memory.bullets import Bullet, PlaybookState, parse_bullet_id
+from factflow.settings import Settings
+
+__all__ = ["RenderedPlaybook", "TokenCounter", "get_token_counter", "render_playbook", "bullet_line"]
+
+log = logging.getLogger(__name__)
+
+
+class RenderedPlaybook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    bullet_ids: list[str]
+    omitted: int
+    tokens: int
+
+
+class TokenCounter(Protocol):
+    def count(self, text: str) -> int: ...
+
+
+class _HFTokenizerCounter:
+    def __init__(self, tokenizer_json: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(tokenizer_json))
+
+    def count(self, text: str) -> int:
+        return len(self._tok.encode(text, add_special_tokens=False).ids)
+
+
+class _TiktokenCounter:
+    def __init__(self, encoding: str) -> None:
+        import tiktoken
+
+        try:
+            self._enc = tiktoken.get_encoding(encoding)
+        except Exception as exc:
+            raise UserError(
+                f"tiktoken encoding {encoding!r} is not available offline ({type(exc).__name__}): set "
+                "FACTFLOW_PLAYBOOK_TOKENIZER=model or pre-cache it via TIKTOKEN_CACHE_DIR"
+            ) from None
+
+    def count(self, text: str) -> int:
+        return len(self._enc.encode(text, disallowed_special=()))
+
+
+@lru_cache(maxsize=8)
+def _counter_for(spec: str) -> TokenCounter:
+    if spec.startswith("tiktoken:"):
+        return _TiktokenCounter(spec.split(":", 1)[1])
+    path = Path(spec)
+    path = path / "tokenizer.json" if path.is_dir() else path
+    if not path.exists():
+        raise UserError(f"no tokenizer at {path}: set FACTFLOW_PLAYBOOK_TOKENIZER to a model folder")
+    return _HFTokenizerCounter(path)
+
+
+def get_token_counter(settings: Settings) -> TokenCounter:
+    """The counter the settings select: 'model' (the local model's tokenizer), 'tiktoken:<enc>', a path."""
+    spec = settings.playbook_tokenizer
+    if spec == "model":
+        from factflow.serving.models import resolve_model
+
+        spec = resolve_model(settings)
+        if not Path(spec).is_dir():
+            raise UserError(
+                f"model {settings.model!r} is not a local folder, so its tokenizer can't count the "
+                "playbook budget: set FACTFLOW_PLAYBOOK_TOKENIZER=tiktoken:cl100k_base"
+            )
+    return _counter_for(spec)
+
+
+def bullet_line(b: Bullet) -> str:
+    return f"[{b.id}] {b.content}"
+
+
+def render_playbook(
+    state: PlaybookState,
+    counter: TokenCounter,
+    budget_tokens: int,
+    relevance: Mapping[str, float] | None = None,
+    line_tokens: Callable[[Bullet], int] | None = None,
+) -> RenderedPlaybook:
+    """Select whole bullets so that `counter.count(text) <= budget_tokens`, grouped by section."""
+    # id number = creation order, the same in every process whatever the dict order
+    bullets = sorted(state.bullets.values(), key=lambda b: (parse_bullet_id(b.id) or ("", 0))[1])
+    cost = line_tokens or (lambda b: counter.count(bullet_line(b)) + 1)
+    header_cost = {s: counter.count(f"## {s}") + 1 for s in state.sections}
+
+    def compose(chosen: list[Bullet], omitted: int) -> str:
+        by_section: dict[str, list[Bullet]] = {}
+        for b in chosen:
+            by_section.setdefault(b.section, []).append(b)
+        blocks = []
+        for section in state.sections:
+            items = by_section.get(section)
+            if items:
+                items.sort(key=lambda b: list_order[b.id])
+                blocks.append("\n".join([f"## {section}", *(bullet_line(b) for b in items)]))
+        if omitted:
+            blocks.append(f"({omitted} more bullets left out to fit the token budget)")
+        return "\n\n".join(blocks)
+
+    list_order = {b.id: k for k, b in enumerate(bullets)}
+    full = compose(bullets, 0)
+    full_tokens = counter.count(full) if full else 0
+    if full_tokens <= budget_tokens:
+        return RenderedPlaybook(text=full, bullet_ids=[b.id for b in bullets], omitted=0, tokens=full_tokens)
+
+    # over budget: alternate the two rankings, taking every bullet that still fits
+    by_help = sorted(bullets, key=lambda b: (-(b.helpful - b.harmful), list_order[b.id]))
+    rankings = [by_help]
+    if relevance:
+        rankings.insert(0, sorted(bullets, key=lambda b: (-relevance.get(b.id, 0.0), list_order[b.id])))
+    footer_reserve = counter.count(f"({len(bullets)} more bullets left out to fit the token budget)") + 2
+    room = budget_tokens - footer_reserve
+    chosen: list[Bullet] = []
+    taken: set[str] = set()
+    sections_used: set[str] = set()
+    cursors = [0] * len(rankings)
+    while any(c < len(bullets) for c in cursors) and room > 0:
+        for r, ranking in enumerate(rankings):
+            while cursors[r] < len(ranking):
+                b = ranking[cursors[r]]
+                cursors[r] += 1
+                if b.id in taken:
+                    continue
+                need = cost(b) + (0 if b.section in sections_used else header_cost[b.section] + 1)
+                if need <= room:
+                    room -= need
+                    chosen.append(b)
+                    taken.add(b.id)
+                    sections_used.add(b.section)
+                    break
+    # the sum of line costs is an estimate (tokens can merge across lines): trim until exact
+    while True:
+        text = compose(chosen, len(bullets) - len(chosen))
+        tokens = counter.count(text)
+        if tokens <= budget_tokens or not chosen:
+            break
+        chosen.pop()
+    if tokens > budget_tokens:  # even the footer alone does not fit
+        text, tokens = "", 0
+    chosen_ids = {b.id for b in chosen}
+    return RenderedPlaybook(
+        text=text,
+        bullet_ids=[b.id for b in bullets if b.id in chosen_ids],
+        omitted=len(bullets) - len(chosen),
+        tokens=tokens,
+    )
