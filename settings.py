@@ -80,6 +80,23 @@ class Settings(BaseSettings):
         0.3, ge=0.0, le=1.0, description="Max share of model-written facts among search results."
     )
     max_tool_rounds: int = Field(3, ge=0, le=20, description="Loop guard on tool rounds per turn.")
+    fact_max_chars: int = Field(4000, ge=16, description="Longest fact/answer text the store accepts.")
+    fact_chunk_chars: int = Field(800, ge=64, description="Target chunk size when ingesting documents.")
+    fact_novelty_threshold: float = Field(
+        0.90, gt=0.0, le=1.0, description="Write-back rejects a claim this cosine-close to a stored fact."
+    )
+    fact_nli_model: str | None = Field(
+        None, description="Local HF NLI (sequence-classification) folder; adds an NLI verifier to the gate."
+    )
+    fact_nli_threshold: float = Field(
+        0.7, gt=0.0, le=1.0, description="Min P(entailment) for the NLI verifier."
+    )
+    fact_judge_model: str | None = Field(
+        None, description="Model ('default' or a folder) used as an LLM judge in the write-back gate."
+    )
+    fact_judge_threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="Min P(supported) for the LLM judge verifier."
+    )
     agent_top_k: int = Field(
         4, ge=1, le=50, description="Facts the agent retrieves into the prompt per turn (more = longer prompt)."
     )
