@@ -13,6 +13,7 @@ Any version k is `replay(ops of versions 1..k)` from an empty state with the sto
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -42,6 +43,18 @@ CREATE TABLE IF NOT EXISTS embeddings (
 );
 """
 _OP = TypeAdapter(LogOp)
+_PATH_LOCKS: dict[str, threading.Lock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: SQLite's own busy handler still serializes
+    fcntl = None  # type: ignore[assignment]
+
+
+def _path_lock(path: Path) -> threading.Lock:
+    with _PATH_LOCKS_GUARD:
+        return _PATH_LOCKS.setdefault(str(path.resolve()), threading.Lock())
 
 
 class VersionInfo(BaseModel):
@@ -71,6 +84,11 @@ class PlaybookDB:
         # before we read the version (no read-then-upgrade deadlocks between processes).
         self._conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
+        # Writers queue on a thread lock + an flock before BEGIN IMMEDIATE: SQLite's busy handler
+        # sleeps up to 100 ms between retries, so with 8 writers most time went to sleeping; a
+        # blocking flock wakes the next writer at once, and the kernel drops it if we are killed.
+        self._writer_lock = _path_lock(path)
+        self._lock_fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644) if fcntl else -1
         self._conn.execute("PRAGMA busy_timeout=60000")
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -86,19 +104,28 @@ class PlaybookDB:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Write transaction holding the database write lock from the first statement."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._lock, self._writer_lock:
+            if self._lock_fd >= 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
-                self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                else:
+                    self._conn.execute("COMMIT")
+            finally:
+                if self._lock_fd >= 0:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
