@@ -25,6 +25,9 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Pull and list models. Example: factflow models pull", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+from factflow.agent.cli_playbook import playbook_app  # noqa: E402
+
+app.add_typer(playbook_app, name="playbook")
 
 
 def load_settings(**overrides: object) -> Settings:
