@@ -25,9 +25,18 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Pull and list models. Example: factflow models pull", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+from factflow.agent.cli_facts import facts_app  # noqa: E402
+
+app.add_typer(facts_app, name="facts")
 from factflow.agent.cli_playbook import playbook_app  # noqa: E402
 
 app.add_typer(playbook_app, name="playbook")
+from factflow.agent.cli_eval import eval_app  # noqa: E402
+
+app.add_typer(eval_app, name="eval")
+from factflow.agent.cli_proxy import proxy_app  # noqa: E402
+
+app.add_typer(proxy_app, name="proxy")
 
 
 def load_settings(**overrides: object) -> Settings:
