@@ -100,6 +100,18 @@ class Settings(BaseSettings):
     agent_top_k: int = Field(
         4, ge=1, le=50, description="Facts the agent retrieves into the prompt per turn (more = longer prompt)."
     )
+    agent_cite_mode: Literal["similarity", "model"] = Field(
+        "similarity",
+        description="How uncited answers get citations: embedding similarity, or a constrained model pass.",
+    )
+    agent_tool_protocol: Literal["decide", "single"] = Field(
+        "decide",
+        description="decide: a short constrained step picks a tool or 'answer', answers are free text "
+        "(what a 135M model needs); single: one bind_tools call per round.",
+    )
+    agent_cite_threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="Min answer-fact cosine for a similarity citation."
+    )
 
     @field_validator("model")
     @classmethod

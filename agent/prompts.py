@@ -8,10 +8,11 @@ schema only admits ids that were actually shown (see `agent/graph.py`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from factflow.agent.state import FactRef
 
-__all__ = ["SYSTEM_INTRO", "system_prompt", "cite_prompt", "TOOL_BUDGET_NOTE"]
+__all__ = ["SYSTEM_INTRO", "system_prompt", "cite_prompt", "decide_note", "TOOL_BUDGET_NOTE"]
 
 SYSTEM_INTRO = (
     "You are factflow, a careful assistant. Answer the user's question in one or two sentences, "
@@ -22,8 +23,8 @@ SYSTEM_INTRO = (
 TOOL_BUDGET_NOTE = "You have used all tool calls allowed for this question. Answer now with what you know."
 
 
-def system_prompt(playbook_text: str, facts: Sequence[FactRef]) -> str:
-    """System prompt of one turn: instructions, playbook bullets `[id] text`, facts `[id] text`."""
+def system_prompt(playbook_text: str, facts: Sequence[FactRef], tool_results: Sequence[str] = ()) -> str:
+    """System prompt of one turn: instructions, bullets `[id] text`, facts `[id] text`, tool results."""
     parts = [SYSTEM_INTRO]
     if playbook_text.strip():
         parts.append("Playbook (strategies learned from feedback):\n" + playbook_text.strip())
@@ -31,7 +32,20 @@ def system_prompt(playbook_text: str, facts: Sequence[FactRef]) -> str:
         parts.append("Facts:\n" + "\n".join(f"[{f['id']}] {f['text']}" for f in facts))
     else:
         parts.append("Facts: none found for this question.")
+    if tool_results:
+        parts.append("Tool results:\n" + "\n".join(f"- {line}" for line in tool_results))
     return "\n\n".join(parts)
+
+
+def decide_note(tools: Sequence[Any], *, can_answer: bool) -> str:
+    """The question put to the model before each step of the decide protocol."""
+    lines = ["Choose the next step."]
+    if can_answer:
+        lines.append('Reply "answer" if the facts and tool results above are enough to answer.')
+    lines.append("Otherwise pick the one tool that gets what is missing:")
+    for tool in tools:
+        lines.append(f"- {tool.name}: {(tool.description or '').strip().splitlines()[0]}")
+    return "\n".join(lines)
 
 
 def cite_prompt(question: str, answer: str, facts: Sequence[FactRef], bullets_text: str) -> str:

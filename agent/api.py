@@ -1,0 +1,460 @@
+"""`factflow.Agent`: the Python API apps embed.
+
+    from factflow import Agent
+    agent = Agent()                                  # embedded default: SmolLM2 + Chroma under HOME
+    agent.teach("The Zorbian capital is Quillmar.")
+    result = agent.ask("What city is Zorbia's capital?")
+    result.answer, result.cited_fact_ids, result.writeback
+    agent.feedback(result.thread_id, "correct")      # reflect -> curate -> new playbook version
+
+Threads are checkpointed by LangGraph's SqliteSaver in HOME/threads.sqlite3, so a thread resumes
+after a restart. The compiled graph is `agent.graph` for apps that compose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.tools import BaseTool
+from pydantic import BaseModel, ConfigDict, Field
+
+from factflow.agent.graph import build_graph
+from factflow.errors import UserError
+from factflow.memory.facts import Fact, WritebackDecision
+from factflow.settings import Settings, get_settings
+
+__all__ = [
+    "Agent",
+    "AskResult",
+    "StreamEvent",
+    "FeedbackResult",
+    "ThreadInfo",
+    "TurnRecord",
+    "AnswerExtractor",
+    "count_tokens",
+]
+
+_RESERVED_PROMPT_TOKENS = 512  # system instructions + retrieved facts, on top of the playbook budget
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AskResult(_Strict):
+    """Outcome of one turn."""
+
+    answer: str
+    cited_fact_ids: list[str] = Field(default_factory=list, description="Validated against retrieved ids.")
+    used_bullet_ids: list[str] = Field(default_factory=list)
+    writeback: WritebackDecision | None = Field(None, description="The write-back gate's decision.")
+    thread_id: str
+    retrieved_fact_ids: list[str] = Field(default_factory=list)
+    playbook_version: int = 0
+    tool_rounds: int = 0
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per graph phase.")
+
+
+class StreamEvent(_Strict):
+    """`token`: answer text as it is generated; `node`: a graph node finished; `result`: the end."""
+
+    kind: Literal["token", "node", "result"]
+    node: str | None = None
+    text: str = ""
+    result: AskResult | None = None
+
+
+class FeedbackResult(_Strict):
+    thread_id: str
+    version_before: int
+    version: int
+    learn: dict[str, Any] | None = None
+
+
+class ThreadInfo(_Strict):
+    thread_id: str
+    turns: int
+    last_question: str
+
+
+class TurnRecord(_Strict):
+    """What `/why` shows: the sources and bullets behind the last answer of a thread."""
+
+    thread_id: str
+    question: str
+    answer: str
+    cited_fact_ids: list[str]
+    used_bullet_ids: list[str]
+    facts: list[dict[str, Any]]
+    playbook_text: str
+    playbook_version: int
+    tool_calls: list[dict[str, Any]]
+    writeback: WritebackDecision | None
+
+
+def count_tokens(chat_model: Any, text: str) -> int:
+    """Tokens of `text` by the model's own tokenizer (both engines expose `count_tokens`).
+
+    Models without one (fakes, foreign chat models) get an estimate of ~4 characters per token.
+    """
+    counter = getattr(chat_model, "count_tokens", None)
+    if callable(counter):
+        try:
+            return int(counter(text))
+        except Exception:  # e.g. the server is unreachable: the estimate still catches huge inputs
+            pass
+    return len(text) // 4 + 1
+
+
+class AnswerExtractor:
+    """Answer text out of a token stream that may be a JSON action `{"action":..., "answer": "..."}`.
+
+    The constrained action format streams JSON; people should see only the answer string, decoded
+    as it arrives. Plain-text streams (no tools bound) pass through unchanged.
+    """
+
+    _ANSWER_KEY = re.compile(r'"answer"\s*:\s*"')
+
+    def __init__(self) -> None:
+        self.buf = ""
+        self.mode: Literal["json", "text"] | None = None
+        self.pos = 0
+        self.started = False
+        self.done = False
+
+    def feed(self, piece: str) -> str:
+        self.buf += piece
+        if self.mode is None:
+            stripped = self.buf.lstrip()
+            if not stripped:
+                return ""
+            self.mode = "json" if stripped[0] == "{" else "text"
+        if self.mode == "text":
+            out = self.buf[self.pos :]
+            self.pos = len(self.buf)
+            return out
+        if not self.started:
+            match = self._ANSWER_KEY.search(self.buf)
+            if match is None:
+                return ""
+            self.started, self.pos = True, match.end()
+        out: list[str] = []
+        i, buf = self.pos, self.buf
+        while i < len(buf) and not self.done:
+            c = buf[i]
+            if c == '"':
+                self.done = True
+                break
+            if c == "\\":
+                width = 6 if buf[i + 1 : i + 2] == "u" else 2
+                if i + width > len(buf):
+                    break  # escape split across tokens: wait for the rest
+                with contextlib.suppress(json.JSONDecodeError):  # a malformed escape is dropped
+                    out.append(json.loads(f'"{buf[i : i + width]}"'))
+                i += width
+            else:
+                out.append(c)
+                i += 1
+        self.pos = i
+        return "".join(out)
+
+
+class Agent:
+    """The factflow agent: one chat model, one fact store, one playbook, persistent threads."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        chat_model: Any = None,
+        store: Any = None,
+        playbook: Any = None,
+        tools: Sequence[BaseTool] = (),
+        persist: bool = True,
+        namespace: str | None = None,
+        tool_choice: str | None = None,
+    ) -> None:
+        """Every argument is optional: `Agent()` runs the embedded default from the settings.
+
+        `chat_model`/`store`/`playbook` replace the configured ones; `tools` are added to the
+        built-in ones; `persist=False` keeps threads in memory only; `tool_choice` ("any" or a
+        tool name) makes the first step of every turn a tool call.
+        """
+        self.settings = settings or get_settings()
+        self.namespace = namespace or self.settings.namespace
+        if chat_model is None:
+            from factflow.serving.engines import load_chat_model
+
+            chat_model = load_chat_model(self.settings)
+        if store is None:
+            from factflow.memory.store import FactStore
+
+            store = FactStore.open(self.settings)
+        if playbook is None:
+            from factflow.memory.playbook import Playbook
+
+            playbook = Playbook.open(settings=self.settings)
+        self.chat_model = chat_model
+        self.store = store
+        self.playbook = playbook
+        self._conn: sqlite3.Connection | None = None
+        checkpointer: Any
+        if persist:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            self.settings.home.mkdir(parents=True, exist_ok=True)
+            # the saver serializes access with its own lock, so one connection serves all threads
+            self._conn = sqlite3.connect(str(self.settings.home / "threads.sqlite3"), check_same_thread=False)
+            checkpointer = SqliteSaver(self._conn)
+            checkpointer.setup()
+        else:
+            from langgraph.checkpoint.memory import InMemorySaver
+
+            checkpointer = InMemorySaver()
+        self.checkpointer = checkpointer
+        self.graph = build_graph(
+            chat_model,
+            store,
+            playbook,
+            tools=tools,
+            checkpointer=checkpointer,
+            settings=self.settings,
+            namespace=self.namespace,
+            tool_choice=tool_choice,
+        )
+        self._lock = threading.Lock()
+
+    # -- turns -------------------------------------------------------------------------------
+
+    def _check_question(self, question: str) -> str:
+        question = question.strip()
+        if not question:
+            raise UserError("the question is empty; type a question (or /help in the REPL)")
+        limit = max(
+            64,
+            self.settings.context_window
+            - self.settings.max_new_tokens
+            - self.settings.playbook_token_budget
+            - _RESERVED_PROMPT_TOKENS,
+        )
+        n = count_tokens(self.chat_model, question)
+        if n > limit:
+            raise UserError(
+                f"the question is too long ({n} tokens, at most {limit} fit the context window of "
+                f"{self.settings.context_window}); shorten it or raise FACTFLOW_CONTEXT_WINDOW"
+            )
+        return question
+
+    @staticmethod
+    def _config(thread_id: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": thread_id}}
+
+    def _result(self, thread_id: str, values: dict[str, Any]) -> AskResult:
+        wb = values.get("writeback")
+        return AskResult(
+            answer=values.get("answer", ""),
+            cited_fact_ids=list(values.get("cited_fact_ids", [])),
+            used_bullet_ids=list(values.get("used_bullet_ids", [])),
+            writeback=WritebackDecision.model_validate(wb) if wb else None,
+            thread_id=thread_id,
+            retrieved_fact_ids=list(values.get("retrieved_ids", [])),
+            playbook_version=int(values.get("playbook_version", 0)),
+            tool_rounds=int(values.get("tool_rounds", 0)),
+            timings=dict(values.get("timings", {})),
+        )
+
+    def ask(self, question: str, thread_id: str | None = None) -> AskResult:
+        """Answer one question in a thread (a new thread when `thread_id` is None)."""
+        question = self._check_question(question)
+        thread_id = thread_id or uuid.uuid4().hex[:12]
+        values = self.graph.invoke({"question": question, "feedback": None}, self._config(thread_id))
+        return self._result(thread_id, values)
+
+    def stream(self, question: str, thread_id: str | None = None) -> Iterator[StreamEvent]:
+        """Yield answer tokens and node events as they happen, then one `result` event."""
+        question = self._check_question(question)
+        thread_id = thread_id or uuid.uuid4().hex[:12]
+        cfg = self._config(thread_id)
+        extractor, run_id = AnswerExtractor(), None
+        for mode, payload in self.graph.stream(
+            {"question": question, "feedback": None}, cfg, stream_mode=["messages", "updates"]
+        ):
+            if mode == "messages":
+                chunk, meta = payload
+                if meta.get("langgraph_node") != "generate" or not isinstance(chunk, AIMessageChunk):
+                    continue
+                if chunk.id != run_id:  # a new generate call (after a tool round): new stream
+                    extractor, run_id = AnswerExtractor(), chunk.id
+                text = extractor.feed(chunk.content if isinstance(chunk.content, str) else "")
+                if text:
+                    yield StreamEvent(kind="token", node="generate", text=text)
+            elif mode == "updates":
+                for node in payload:
+                    yield StreamEvent(kind="node", node=str(node))
+        values = self.graph.get_state(cfg).values
+        yield StreamEvent(kind="result", result=self._result(thread_id, values))
+
+    async def aask(self, question: str, thread_id: str | None = None) -> AskResult:
+        """`ask` off the event loop (the engines are synchronous; a worker thread keeps the loop free)."""
+        return await asyncio.to_thread(self.ask, question, thread_id)
+
+    async def astream(self, question: str, thread_id: str | None = None) -> AsyncIterator[StreamEvent]:
+        """`stream` for asyncio apps: events are produced in a worker thread and awaited here."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()
+
+        def produce() -> None:
+            try:
+                for event in self.stream(question, thread_id):
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+            except BaseException as exc:  # re-raised in the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        worker = threading.Thread(target=produce, daemon=True)
+        worker.start()
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    # -- learning ----------------------------------------------------------------------------
+
+    def feedback(self, thread_id: str, label_or_result: Any) -> FeedbackResult:
+        """Feedback on the thread's last answer (a label like "correct", or an execution result).
+
+        Runs the learn path: reflect -> curate -> a new playbook version when the curator finds
+        something worth adding.
+        """
+        if isinstance(label_or_result, BaseModel):
+            text = label_or_result.model_dump_json()
+        elif isinstance(label_or_result, dict | list):
+            text = json.dumps(label_or_result, default=str)
+        else:
+            text = str(label_or_result).strip()
+        if not text:
+            raise UserError("the feedback is empty; give a label such as 'correct' or 'wrong: <why>'")
+        cfg = self._config(thread_id)
+        if not self.graph.get_state(cfg).values.get("question"):
+            raise UserError(f"thread {thread_id!r} has no answered question; ask something first")
+        before = int(self.playbook.version)
+        values = self.graph.invoke({"feedback": text}, cfg)
+        return FeedbackResult(
+            thread_id=thread_id,
+            version_before=before,
+            version=int(self.playbook.version),
+            learn=values.get("learn"),
+        )
+
+    def teach(self, fact: str, *, source_ids: Sequence[str] = ()) -> Fact:
+        """Store a human-taught fact in the agent's namespace; returns it with its id."""
+        fact = fact.strip()
+        if not fact:
+            raise UserError(
+                "the fact is empty; write it as one sentence, e.g. /teach Zorbia's capital is Quillmar"
+            )
+        result: Fact = self.store.teach(fact, namespace=self.namespace, source_ids=tuple(source_ids))
+        return result
+
+    # -- threads -----------------------------------------------------------------------------
+
+    def threads(self) -> list[ThreadInfo]:
+        """Threads with checkpoints, most recently used first."""
+        ids: list[str] = []
+        if self._conn is not None:
+            rows = self._conn.execute(
+                "SELECT thread_id, MAX(checkpoint_id) AS last FROM checkpoints"
+                " GROUP BY thread_id ORDER BY last DESC"
+            ).fetchall()
+            ids = [str(r[0]) for r in rows]
+        else:
+            seen: dict[str, None] = {}
+            for tup in self.checkpointer.list(None):
+                seen.setdefault(str(tup.config["configurable"]["thread_id"]), None)
+            ids = list(seen)
+        out = []
+        for thread_id in ids:
+            messages = self.graph.get_state(self._config(thread_id)).values.get("messages", [])
+            questions = [str(m.content) for m in messages if isinstance(m, HumanMessage)]
+            out.append(
+                ThreadInfo(thread_id=thread_id, turns=len(questions), last_question=(questions or [""])[-1])
+            )
+        return out
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Forget a thread's checkpoints (facts and playbook stay)."""
+        self.checkpointer.delete_thread(thread_id)
+
+    def why(self, thread_id: str) -> TurnRecord:
+        """Sources and bullets behind the thread's last answer."""
+        values = self.graph.get_state(self._config(thread_id)).values
+        if not values.get("question"):
+            raise UserError(f"thread {thread_id!r} has no answered question yet")
+        messages: list[BaseMessage] = values.get("messages", [])
+        last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=0)
+        calls = [
+            {"name": c["name"], "args": c["args"]}
+            for m in messages[last_human:]
+            if isinstance(m, AIMessage)
+            for c in m.tool_calls
+        ]
+        wb = values.get("writeback")
+        return TurnRecord(
+            thread_id=thread_id,
+            question=values.get("question", ""),
+            answer=values.get("answer", ""),
+            cited_fact_ids=list(values.get("cited_fact_ids", [])),
+            used_bullet_ids=list(values.get("used_bullet_ids", [])),
+            facts=[dict(f) for f in values.get("facts", [])],
+            playbook_text=values.get("playbook_text", ""),
+            playbook_version=int(values.get("playbook_version", 0)),
+            tool_calls=calls,
+            writeback=WritebackDecision.model_validate(wb) if wb else None,
+        )
+
+    def export(self, thread_id: str) -> dict[str, Any]:
+        """The thread as JSON-ready data: messages (role, content, tool calls) and the last turn."""
+        values = self.graph.get_state(self._config(thread_id)).values
+        roles = {HumanMessage: "user", AIMessage: "assistant", ToolMessage: "tool"}
+        messages = [
+            {
+                "role": roles.get(type(m), m.type),
+                "content": m.content,
+                **(
+                    {"tool_calls": [{"name": c["name"], "args": c["args"]} for c in m.tool_calls]}
+                    if isinstance(m, AIMessage) and m.tool_calls
+                    else {}
+                ),
+            }
+            for m in values.get("messages", [])
+        ]
+        return {
+            "thread_id": thread_id,
+            "messages": messages,
+            "last_turn": self.why(thread_id).model_dump(mode="json") if values.get("question") else None,
+        }
+
+    def close(self) -> None:
+        """Release the checkpoint database and the store."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        closer = getattr(self.store, "close", None)
+        if callable(closer):
+            closer()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
