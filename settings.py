@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     playbook_token_budget: int = Field(1200, ge=0, description="Tokens the rendered playbook may use.")
     playbook_tokenizer: str = Field(
         "model",
-        description="Counts playbook tokens: 'model' (local model tokenizer), 'tiktoken:<encoding>', or a path.",
+        description=(
+            "Counts playbook tokens: 'model' (local model tokenizer), 'tiktoken:<encoding>', or a path."
+        ),
     )
     playbook_prune_min_harmful: int = Field(
         3, ge=1, description="Prune a bullet once harmful >= this and harmful > 2 x helpful."
@@ -98,7 +100,7 @@ class Settings(BaseSettings):
         0.8, gt=0.0, le=1.0, description="Min P(supported) for the LLM judge verifier."
     )
     agent_top_k: int = Field(
-        4, ge=1, le=50, description="Facts the agent retrieves into the prompt per turn (more = longer prompt)."
+        4, ge=1, le=50, description="Facts retrieved into the prompt per turn (more = longer prompt)."
     )
     agent_cite_mode: Literal["similarity", "model"] = Field(
         "similarity",

@@ -125,7 +125,9 @@ def resolve_model(settings: Settings, *, pull: bool = True) -> str:
     looks_like_path = name.startswith((".", "/", "~")) or path.exists()
     if looks_like_path:
         if not path.is_dir():
-            raise UserError(f"model folder {path} does not exist: set FACTFLOW_MODEL to an HF model folder or 'default'")
+            raise UserError(
+                f"model folder {path} does not exist: set FACTFLOW_MODEL to an HF model folder or 'default'"
+            )
         if not (path / "config.json").exists():
             raise UserError(f"{path} has no config.json: point FACTFLOW_MODEL at a Hugging Face model folder")
         return str(path.resolve())
