@@ -37,6 +37,9 @@ app.add_typer(eval_app, name="eval")
 from factflow.agent.cli_proxy import proxy_app  # noqa: E402
 
 app.add_typer(proxy_app, name="proxy")
+from factflow.agent.cli_reft import reft_app  # noqa: E402
+
+app.add_typer(reft_app, name="reft")
 
 
 def load_settings(**overrides: object) -> Settings:

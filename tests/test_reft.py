@@ -1,0 +1,182 @@
+"""LoReFT: the intervention's algebra, the adapter folder, hooks, errors, and one short real training run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from factflow.errors import UserError
+from factflow.serving.reft import (
+    BaseIdentity,
+    Example,
+    LoReFT,
+    ReftAdapter,
+    ReftConfig,
+    TrainConfig,
+    load_examples,
+    prepare_vllm_folder,
+    train_reft,
+)
+
+FACTS = Path(__file__).resolve().parents[1] / "bench" / "reft_facts.jsonl"
+
+
+def _orthonormal(r: int, d: int) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(d, r, dtype=torch.float64)).Q.T.float()  # (r, d)
+
+
+def test_loreft_is_identity_when_wh_plus_b_equals_rh() -> None:
+    torch.manual_seed(0)
+    iv = LoReFT(64, 4).eval()
+    R = _orthonormal(4, 64)  # noqa: N806
+    iv.set_weights(R, R.clone(), torch.zeros(4))
+    h = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        assert torch.allclose(iv(h), h, atol=1e-6)
+    # and an edit moves h only inside R's row space: h' - h = R^T(...)
+    iv.set_weights(R, torch.randn(4, 64), torch.randn(4))
+    with torch.no_grad():
+        diff = iv(h) - h
+    assert torch.allclose(diff @ R.T @ R, diff, atol=1e-5)
+
+
+def test_loreft_matches_equation_and_counts_params() -> None:
+    torch.manual_seed(1)
+    iv = LoReFT(32, 3)
+    h = torch.randn(7, 32)
+    R, W, b = iv.R.detach(), iv.source.weight.detach(), iv.source.bias.detach()  # noqa: N806
+    want = h + (h @ W.T + b - h @ R.T) @ R
+    assert torch.allclose(iv(h), want, atol=1e-6)
+    adapter = ReftAdapter(ReftConfig(layers=[0, 2], rank=3), BaseIdentity(
+        architecture="X", hidden_size=32, num_layers=3, config_hash="0"
+    ))
+    assert adapter.trainable_params() == 2 * (2 * 3 * 32 + 3)
+
+
+def test_rank_and_config_validation() -> None:
+    with pytest.raises(UserError, match="rank"):
+        LoReFT(16, 17)
+    with pytest.raises(ValueError):
+        ReftConfig(layers=[3, 3])
+    with pytest.raises(ValueError):
+        ReftConfig(layers=[1], positions="middle")  # type: ignore[arg-type]
+    assert ReftConfig(positions="prefix+suffix", tie_positions=False).slots() == ["prefix", "suffix"]
+
+
+def test_load_examples_errors(tmp_path: Path) -> None:
+    assert len(load_examples(FACTS)) == 16
+    with pytest.raises(UserError, match="does not exist"):
+        load_examples(tmp_path / "nope.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2"):
+        load_examples(bad)
+
+
+@pytest.fixture(scope="module")
+def base() -> tuple[str, torch.nn.Module, object]:
+    from factflow.serving.hf_engine import load_hf_model
+    from factflow.serving.models import resolve_model
+    from factflow.settings import Settings
+
+    path = resolve_model(Settings())
+    model, tok = load_hf_model(path)
+    return path, model, tok
+
+
+def _state_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_short_training_end_to_end(base, tmp_path: Path) -> None:
+    """Real model: train 3 epochs, R stays orthonormal, base untouched, hooks edit and un-edit."""
+    path, model, tok = base
+    before = _state_hash(model)
+    examples = load_examples(FACTS)[:4]
+    out = train_reft(
+        path, examples, ReftConfig(layers=[3, 10], rank=2), tmp_path / "ad",
+        train=TrainConfig(epochs=3, lr=1e-2, batch_size=2, grad_accum=2, stop_loss=None),
+        model=model, tokenizer=tok, progress=False,
+    )  # fmt: skip
+    assert _state_hash(model) == before
+    report = json.loads((out / "training.json").read_text())
+    assert report["trainable_params"] == 2 * (2 * 2 * 576 + 2)
+    assert report["epochs_run"] == 3 and report["train_losses"][-1] < report["train_losses"][0]
+
+    adapter = ReftAdapter.load(out)
+    for iv in adapter.interventions.values():
+        R = iv.R.detach()  # noqa: N806
+        assert torch.allclose(R @ R.T, torch.eye(2), atol=1e-5)
+    ids = torch.tensor([tok("The capital of Veldoria is")["input_ids"]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with adapter.attach(model):
+            edited = model(input_ids=ids).logits
+        again = model(input_ids=ids).logits
+    assert not torch.allclose(plain, edited, atol=1e-4)
+    assert torch.equal(plain, again)  # removing the hooks restores the base exactly
+
+
+def test_prefix_suffix_edits_only_prompt_spans(base) -> None:
+    _, model, tok = base
+    cfg = ReftConfig(layers=[29], rank=2, positions="prefix+suffix", prefix=1, suffix=1, tie_positions=False)
+    adapter = ReftAdapter.for_model(cfg, model)
+    for iv in adapter.interventions.values():
+        torch.nn.init.normal_(iv.source.weight, std=1.0)
+    ids = torch.tensor([tok("one two three four five six")["input_ids"]])
+    with torch.no_grad():
+        plain = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        with adapter.attach(model):
+            edited = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+    changed = (plain - edited).abs().amax(-1)[0] > 1e-5  # (T,)
+    # layer 29 is the last: only the first and last prompt positions change
+    assert changed[0] and changed[-1] and not changed[1:-1].any()
+
+
+def test_bad_inputs_give_clear_errors(base, tmp_path: Path) -> None:
+    path, model, tok = base
+    with pytest.raises(UserError, match="out of range"):
+        ReftAdapter.for_model(ReftConfig(layers=[30]), model)
+    with pytest.raises(UserError, match="does not exist"):
+        ReftAdapter.load(tmp_path / "missing")
+    folder = ReftAdapter.for_model(ReftConfig(layers=[1], rank=2), model).save(tmp_path / "ok")
+    (folder / "adapter.safetensors").unlink()
+    with pytest.raises(UserError, match="has no adapter.safetensors"):
+        ReftAdapter.load(folder)
+    # an adapter for a different base (other hidden size / layer count) refuses to attach
+    other = ReftAdapter(ReftConfig(layers=[1], rank=2), BaseIdentity(
+        architecture="LlamaForCausalLM", hidden_size=2048, num_layers=24, config_hash="deadbeef"
+    )).save(tmp_path / "other")
+    with pytest.raises(UserError, match="trained on LlamaForCausalLM \\(hidden 2048"):
+        ReftAdapter.load(other).attach(model)
+    with pytest.raises(UserError, match="trained on"):
+        prepare_vllm_folder(path, other, tmp_path / "vllm")
+    with pytest.raises(UserError, match="no training examples"):
+        train_reft(path, [], ReftConfig(layers=[1]), tmp_path / "x", model=model, tokenizer=tok)
+    with pytest.raises(ValueError):
+        Example(prompt="", completion="x")
+
+
+def test_prepare_vllm_folder(base, tmp_path: Path) -> None:
+    path, model, _ = base
+    ad = ReftAdapter.for_model(ReftConfig(layers=[2], rank=2), model).save(tmp_path / "ad")
+    out = prepare_vllm_folder(path, ad, tmp_path / "served")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["FactflowReftLlamaForCausalLM"]
+    assert cfg["factflow_reft_adapter"] == str(ad.resolve())
+    assert (out / "model.safetensors").is_symlink() and (out / "tokenizer.json").exists()
+    # the identity survives the rewrite, so the vLLM model accepts its own folder
+    from transformers import AutoConfig
+
+    ReftAdapter.load(ad).check_base(AutoConfig.from_pretrained(out))
+    ps = ReftAdapter.for_model(ReftConfig(layers=[2], rank=2, positions="prefix+suffix"), model)
+    with pytest.raises(UserError, match="positions='prefix\\+suffix'"):
+        prepare_vllm_folder(path, ps.save(tmp_path / "ps"), tmp_path / "served2")
