@@ -1,0 +1,246 @@
+"""Fact store on real embedded Chroma + real MiniLM: CRUD, provenance, isolation, bad input, tools."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from factflow.errors import UserError
+from factflow.memory.facts import Fact
+from factflow.memory.store import FactStore, chunk_text, collection_name
+from factflow.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # MiniLM on a shared 2-core box: 1 torch thread is ~10x faster than 2 under contention.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = FactStore.open(Settings(home=tmp_path / "home"))
+    yield s
+    s.close()
+
+
+def test_teach_search_get_roundtrip(store: FactStore) -> None:
+    a = store.teach("Acme Corp was founded in 1998 by Maria Lopez.", source_ids=["https://acme.example"])
+    store.teach("Acme Corp is headquartered in Lyon.")
+    store.teach("Bananas are rich in potassium.")
+    hits = store.search("Who founded Acme?", k=2)
+    assert [h.fact.id for h in hits][0] == a.id
+    assert hits[0].dense_rank == 1 and hits[0].lexical_rank == 1 and hits[0].score > hits[1].score
+    got = store.get(a.id)
+    assert got is not None and got.source_ids == ["https://acme.example"] and got.origin == "human"
+    assert store.teach("Acme Corp was founded in 1998 by Maria Lopez.").id == a.id  # no duplicate rows
+    assert store.count() == 3
+    assert store.search("potassium", k=1, where={"origin": "human"})[0].fact.text.startswith("Bananas")
+
+
+def test_invalidate_keeps_history_and_hides_fact(store: FactStore) -> None:
+    old = store.teach("Acme Corp is headquartered in Lyon.")
+    new = store.teach("Acme Corp is headquartered in Graz.", supersedes=old.id)
+    texts = [h.fact.text for h in store.search("Where is Acme Corp headquartered?", k=5)]
+    assert texts == [new.text]
+    kept = store.get(old.id)
+    assert kept is not None and not kept.is_valid() and kept.superseded_by == new.id
+    assert [e.action for e in store.audit_log()] == ["invalidate"]
+    with pytest.raises(UserError, match="no fact"):
+        store.invalidate("f-does-not-exist")
+
+
+LOOKALIKES = ["john_doe", "john-doe", "John_Doe", "john.doe", "johndoe", "john__doe", "john-doe-"]
+
+
+def test_collection_names_are_valid_and_injective() -> None:
+    names = [collection_name(n) for n in LOOKALIKES + ["a", "x" * 128, "1:2@3"]]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert re.fullmatch(r"[a-zA-Z0-9._-]{3,512}", name) and name[0].isalnum() and name[-1].isalnum()
+
+
+def test_namespace_isolation_with_lookalike_names(store: FactStore) -> None:
+    for ns in LOOKALIKES:
+        store.teach(f"The secret code of this tenant is {ns.upper()}.", namespace=ns)
+    for ns in LOOKALIKES:
+        hits = store.search("secret code", k=10, namespace=ns)
+        assert [h.fact.namespace for h in hits] == [ns]
+        assert hits[0].fact.text.endswith(f"{ns.upper()}.")
+    other = store.search("secret code", k=1, namespace="john_doe")[0].fact.id
+    assert store.get(other, namespace="john-doe") is None
+    with pytest.raises(UserError, match="unknown namespace 'jane_doe'"):
+        store.search("secret", namespace="jane_doe")
+    with pytest.raises(UserError, match="invalid namespace"):
+        store.teach("x is y.", namespace="john doe")
+
+
+def test_ingest_markdown_text_and_jsonl_with_provenance(store: FactStore, tmp_path: Path) -> None:
+    md = tmp_path / "acme.md"
+    md.write_text("# Acme\n\nAcme makes sensors.\n\n## History\n\nAcme was founded in 1998.\n")
+    facts = store.ingest(md, namespace="docs", progress=False)
+    assert [f.metadata["section"] for f in facts] == ["Acme", "Acme > History"]
+    assert all(f.origin == "document" and f.source_ids[0].startswith("doc:acme.md@") for f in facts)
+    again = store.ingest(md, namespace="docs", progress=False)  # idempotent: same ids, no new rows
+    assert [f.id for f in again] == [f.id for f in facts] and store.count("docs") == 2
+
+    jl = tmp_path / "facts.jsonl"
+    jl.write_text(
+        json.dumps({"text": "Graz is in Austria.", "id": "graz", "source": "atlas p.3"})
+        + "\n\n"
+        + json.dumps({"text": "Brno is in Czechia.", "metadata": {"topic": "geo"}})
+        + "\n"
+    )
+    got = store.ingest(jl, namespace="docs", progress=False)
+    assert got[0].id == "graz" and got[0].source_ids == ["atlas p.3"] and got[1].metadata["topic"] == "geo"
+    assert store.search("Czechia", k=1, namespace="docs", where={"topic": "geo"})[0].fact.id == got[1].id
+
+    txt = tmp_path / "long.txt"
+    txt.write_text(" ".join(f"Sentence number {i} is here." for i in range(200)))
+    chunks = store.ingest(txt, namespace="docs", progress=False)
+    assert len(chunks) > 1 and all(len(c.text) <= store.settings.fact_chunk_chars for c in chunks)
+
+
+def test_chunk_text_splits_long_paragraphs() -> None:
+    chunks = chunk_text("# T\n\n" + "word " * 500, 100)
+    assert all(len(c) <= 100 for _, c in chunks) and {s for s, _ in chunks} == {"T"}
+
+
+def test_bad_input_gives_clear_errors(store: FactStore, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="empty"):
+        store.teach("   ")
+    with pytest.raises(UserError, match="over the 4000 limit"):
+        store.teach("x" * 4001)
+    with pytest.raises(UserError, match="no file"):
+        store.ingest(tmp_path / "missing.md")
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(UserError, match="is empty"):
+        store.ingest(tmp_path / "empty.txt")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: bad record"):
+        store.ingest(bad)
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(UserError, match="not UTF-8"):
+        store.ingest(tmp_path / "bin.txt")
+    a = store.teach("Acme Corp is headquartered in Lyon.")
+    with pytest.raises(UserError, match="unknown fact id"):
+        store.propose("Acme Corp is headquartered in Lyon.", ["f-nope"], ["f-nope"])
+    with pytest.raises(UserError, match="empty"):
+        store.propose("", [a.id], [a.id])
+    with pytest.raises(UserError, match="k=0"):
+        store.search("Acme", k=0)
+    with pytest.raises(UserError, match="unknown namespace"):
+        store.get(a.id, namespace="nobody")
+    assert store.audit_log()[-1].action == "error"
+
+
+def test_model_fact_share_is_capped(store: FactStore) -> None:
+    for i in range(6):
+        store._write(
+            "default",
+            [
+                Fact(
+                    id=f"m-{i}",
+                    text=f"Acme Corp opened office number {i} in Lyon.",
+                    namespace="default",
+                    origin="model",
+                )
+            ],
+        )
+    for i in range(8):
+        store.teach(f"Acme Corp sells product line {i}.")
+    hits = store.search("Acme Corp office Lyon", k=10)
+    assert len(hits) == 10 and sum(h.fact.origin == "model" for h in hits) == 3  # floor(0.3 * 10)
+
+
+def test_propose_writes_verified_claims_and_audits(store: FactStore) -> None:
+    doc = store.teach("Acme makes sensors. The Kestrel sensor was launched in 2019. It sells for 40 euros.")
+    staff = store.teach("Acme employs 120 people.")
+    ids = [doc.id, staff.id]
+    good = store.propose(
+        f"The Kestrel sensor was launched in 2019 [{doc.id}]. Acme employs 120 people "
+        f"and makes sensors [{staff.id}, {doc.id}].",
+        [],
+        ids,
+    )
+    assert good.accepted and len(good.fact_ids) == 2, good.reasons  # an atomic extraction and a synthesis
+    stored = store.get(good.fact_ids[0])
+    assert stored is not None and stored.origin == "model" and stored.source_ids == [doc.id]
+    assert stored.verification and stored.verification[0].accepted
+    bad = store.propose("The Kestrel sensor was launched in 2021 by Maria Lopez.", [doc.id], ids)
+    assert not bad.accepted and any("2021" in r for r in bad.reasons)
+    unattributed = store.propose("Acme makes sensors and employs 120 people.", [doc.id, staff.id], [doc.id])
+    assert not unattributed.accepted and "not retrieved" in " ".join(unattributed.reasons)
+    assert [e.action for e in store.audit_log()] == ["accept", "reject", "reject"]
+
+
+def test_fact_tools_record_retrievals_and_gate_proposals(store: FactStore) -> None:
+    from pydantic import ValidationError
+
+    from factflow.tools.facts import ProposeFactArgs, make_fact_tools
+
+    doc = store.teach("Acme makes sensors. The Kestrel sensor was launched in 2019.")
+    retrieved: set[str] = set()
+    search, get, propose = make_fact_tools(store, "default", retrieved)
+    assert doc.id in search.invoke({"query": "Kestrel launch", "k": 3}) and retrieved == {doc.id}
+    assert "error" in get.invoke({"fact_id": "f-missing"})
+    assert json.loads(get.invoke({"fact_id": doc.id}))["state"] == "valid"
+    out = propose.invoke({"text": "The Kestrel sensor was launched in 2019.", "cited_ids": [doc.id]})
+    assert out.startswith("stored as m-")
+    assert propose.invoke({"text": "Acme was sold in 2020.", "cited_ids": [doc.id]}).startswith("not stored")
+    assert "unknown fact id" in propose.invoke({"text": "Acme is big.", "cited_ids": ["f-x"]})
+    with pytest.raises(ValidationError):
+        ProposeFactArgs.model_validate({"text": "a", "cited_ids": [], "extra": 1})
+
+
+def test_calculator_is_safe() -> None:
+    from factflow.tools.calculator import calculator, evaluate
+
+    assert evaluate("(3 + 4) * 2.5") == 17.5 and calculator.invoke({"expression": "2**10"}) == "1024"
+    for attack in [
+        "__import__('os').system('id')",
+        "().__class__.__bases__",
+        "9**9**9",
+        "lambda: 1",
+        "[1] * 10**9",
+        "open('x')",
+        "1/0",
+        "10**99 * 10**99",
+    ]:
+        assert calculator.invoke({"expression": attack}).startswith("error:"), attack
+
+
+def test_langgraph_base_store(store: FactStore) -> None:
+    import asyncio
+
+    from langgraph.store.base import BaseStore
+
+    from factflow.memory.langgraph_store import FactBaseStore
+
+    lg = FactBaseStore(store)
+    assert isinstance(lg, BaseStore)
+    lg.put(("users", "alice"), "tea", {"text": "Alice prefers green tea.", "kind": "pref"})
+    lg.put(("users", "alice"), "n", {"kind": "count", "n": 3})
+    lg.put(("users", "bob"), "tea", {"text": "Bob prefers coffee.", "kind": "pref"})
+    item = lg.get(("users", "alice"), "tea")
+    assert item is not None and item.value == {"text": "Alice prefers green tea.", "kind": "pref"}
+    assert lg.search(("users", "alice"), query="what tea does she like")[0].key == "tea"
+    assert {i.namespace for i in lg.search(("users",), filter={"kind": "pref"})} == {
+        ("users", "alice"),
+        ("users", "bob"),
+    }
+    assert [i.key for i in lg.search(("users", "alice"), filter={"n": {"$gte": 2}})] == ["n"]
+    assert lg.list_namespaces(prefix=("users",)) == [("users", "alice"), ("users", "bob")]
+    lg.delete(("users", "alice"), "tea")
+    assert lg.get(("users", "alice"), "tea") is None
+    assert store.get("lg:tea", namespace="users.alice") is not None  # history kept
+    assert asyncio.run(lg.aget(("users", "bob"), "tea")).value["kind"] == "pref"  # type: ignore[union-attr]
