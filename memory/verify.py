@@ -307,14 +307,15 @@ class Claim:
 def split_claims(answer: str, cited_ids: Sequence[str] = ()) -> list[Claim]:
     """Atomic claims with their citations: inline `[id]` markers win, else the answer's cited_ids.
 
-    Sentences without any content word ("Sure.", "Here is what I found:") are dropped.
+    Sentences with fewer than two content words ("Sure!", "Here is what I found:") are dropped:
+    they are never verified and never written.
     """
     claims: list[Claim] = []
     for sentence in split_sentences(answer):
         inline = [i.strip() for m in _CITE.findall(sentence) for i in m.split(",")]
         text = _CITE.sub("", sentence).strip()
         text = re.sub(r"\s+([.,;!?])", r"\1", text).strip()
-        if not content_stems(text) or text.endswith(":"):
+        if len(content_stems(text)) < 2 or text.endswith(":"):
             continue
         claims.append(Claim(text=text, cited_ids=inline or list(cited_ids)))
     return claims
