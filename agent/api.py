@@ -27,7 +27,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict, Field
 
-from factflow.agent.graph import build_graph
+from factflow.agent.graph import CONTROL_TAG, build_graph
 from factflow.errors import UserError
 from factflow.memory.facts import Fact, WritebackDecision
 from factflow.settings import Settings, get_settings
@@ -280,9 +280,14 @@ class Agent:
         return self._result(thread_id, values)
 
     def stream(self, question: str, thread_id: str | None = None) -> Iterator[StreamEvent]:
-        """Yield answer tokens and node events as they happen, then one `result` event."""
+        """Yield answer tokens and node events as they happen, then one `result` event.
+
+        Bad input raises here, before the first event (not on the first `next`).
+        """
         question = self._check_question(question)
-        thread_id = thread_id or uuid.uuid4().hex[:12]
+        return self._stream(question, thread_id or uuid.uuid4().hex[:12])
+
+    def _stream(self, question: str, thread_id: str) -> Iterator[StreamEvent]:
         cfg = self._config(thread_id)
         extractor, run_id = AnswerExtractor(), None
         for mode, payload in self.graph.stream(
@@ -291,6 +296,8 @@ class Agent:
             if mode == "messages":
                 chunk, meta = payload
                 if meta.get("langgraph_node") != "generate" or not isinstance(chunk, AIMessageChunk):
+                    continue
+                if CONTROL_TAG in (meta.get("tags") or []):  # tool decisions/arguments, not answer text
                     continue
                 if chunk.id != run_id:  # a new generate call (after a tool round): new stream
                     extractor, run_id = AnswerExtractor(), chunk.id

@@ -86,11 +86,13 @@ class Repl:
         """Stream the answer; Ctrl-C stops this answer only."""
         events = self.agent.stream(question, thread_id=self.thread_id)
         result = None
+        streamed = False
         started = time.perf_counter()
         self.console.print("[bold green]factflow>[/] ", end="")
         try:
             for event in events:
                 if event.kind == "token":
+                    streamed = True
                     self.console.print(event.text, end="", markup=False, highlight=False, soft_wrap=True)
                 elif event.kind == "node" and event.node == "tools":
                     self.console.print("[dim](tool call)[/] ", end="")
@@ -102,11 +104,12 @@ class Repl:
             return
         if result is None:
             return
+        if not streamed:  # engines that do not stream (or a tool-only turn) still show the answer
+            self.console.print(result.answer, markup=False, highlight=False, end="")
         self.console.print()
         if result.cited_fact_ids:
-            self.console.print(
-                f"[dim]sources: {' '.join(f'[{i}]' for i in result.cited_fact_ids)}[/]", markup=True
-            )
+            sources = " ".join(f"[{i}]" for i in result.cited_fact_ids)
+            self.console.print(f"sources: {sources}", style="dim", markup=False, highlight=False)
         status = "kept" if result.writeback and result.writeback.accepted else "not stored"
         self.console.print(
             f"[dim]{time.perf_counter() - started:.1f}s, write-back: {status}, /why for details[/]"
@@ -228,14 +231,20 @@ def _session(settings: Settings) -> Any:
     return PromptSession(history=FileHistory(str(settings.home / "chat_history")), key_bindings=bindings)
 
 
-def run_repl(settings: Settings, *, thread_id: str | None = None, console: Console | None = None) -> None:
+def run_repl(
+    settings: Settings,
+    *,
+    thread_id: str | None = None,
+    console: Console | None = None,
+    chat_model: Any = None,
+) -> None:
     """Load the agent, then read-eval-print until /quit or Ctrl-D."""
     from factflow.agent.api import Agent
 
     console = console or Console()
     started = time.perf_counter()
     with console.status("loading the model, fact store and playbook..."):
-        agent = Agent(settings)
+        agent = Agent(settings, chat_model=chat_model)
     repl = Repl(agent, console, thread_id)
     console.print(
         f"[bold]factflow chat[/] ready in {time.perf_counter() - started:.1f}s - "
@@ -256,3 +265,9 @@ def run_repl(settings: Settings, *, thread_id: str | None = None, console: Conso
     finally:
         agent.close()
     console.print("bye")
+
+
+if __name__ == "__main__":  # `python -m factflow.agent.repl`: the REPL without the CLI around it
+    from factflow.settings import get_settings
+
+    run_repl(get_settings())
