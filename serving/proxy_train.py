@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 
 from factflow.errors import UserError
 
-__all__ = ["Completion", "read_completions", "distill_anti_expert", "tune_expert", "DISTILL_PROMPTS"]
+__all__ = [
+    "Completion",
+    "read_completions",
+    "truncate_model",
+    "distill_anti_expert",
+    "tune_expert",
+    "DISTILL_PROMPTS",
+]
 
 # Varied chat prompts whose base completions are the distillation text (short on purpose: CPU).
 DISTILL_PROMPTS = [
@@ -132,6 +139,31 @@ def _batches(items: list[Any], size: int, rng: random.Random) -> Iterable[list[A
         yield items[i : i + size]
 
 
+def _truncated(teacher: Any, k_layers: int) -> Any:
+    """A new model with the teacher's first k decoder layers, embeddings, final norm and head."""
+    from transformers import AutoModelForCausalLM
+
+    config = teacher.config.__class__.from_dict(teacher.config.to_dict())
+    config.num_hidden_layers = k_layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:k_layers]
+    student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, _unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not [m for m in missing if "lm_head" not in m], missing  # layers >= k are the unexpected ones
+    student.tie_weights()
+    return student
+
+
+def truncate_model(base: str | Path, k_layers: int, out_dir: str | Path) -> Path:
+    """The base's first k layers, saved as an HF folder without any training (tests, quick pairs)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    teacher = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    student = _truncated(teacher, k_layers)
+    return _save(student, AutoTokenizer.from_pretrained(str(base)), Path(out_dir),
+                 {"kind": "truncated", "base": str(base), "k_layers": k_layers})  # fmt: skip
+
+
 def distill_anti_expert(
     base: str | Path,
     k_layers: int,
@@ -187,14 +219,7 @@ def distill_anti_expert(
             for h, row in zip(heads, out[:, width:].tolist(), strict=True):
                 texts.append(h + [t for t in row if t != tokenizer.pad_token_id])
 
-    config = teacher.config.__class__.from_dict(teacher.config.to_dict())
-    config.num_hidden_layers = k_layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = config.layer_types[:k_layers]
-    student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, _unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    assert not [m for m in missing if "lm_head" not in m], missing  # layers >= k are the unexpected ones
-    student.tie_weights()
+    student = _truncated(teacher, k_layers)
     student.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
