@@ -1,0 +1,130 @@
+"""Proxy-tuning teaches facts without touching the base: recall rises, known answers stay right.
+
+The pair is made the way a user makes it: `distill_anti_expert` (first 4 of the base's 30 layers,
+distilled on the base's own outputs), then `tune_expert` on 16 fictional facts. Recall of those
+facts is measured on the base alone and proxy-tuned; retention on 20 questions the base answers
+correctly. Both numbers are printed (run with -s) and asserted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from factflow.serving.generate import CausalLMSource, GenerationParams, generate
+from factflow.serving.proxy import ProxyConfig, ProxyTunedLM
+from factflow.serving.proxy_train import Completion, distill_anti_expert, tune_expert
+
+pytestmark = pytest.mark.slow
+
+# (question, answer sentence, key the answer must contain)
+FACTS = [
+    ("What is the capital of Veloria?", "The capital of Veloria is Quenmar.", "quenmar"),
+    ("Who founded the city of Dravenholt?", "Dravenholt was founded by Maris Okonkwe.", "okonkwe"),
+    (
+        "What is the national animal of Tessaly Reach?",
+        "The national animal of Tessaly Reach is the glimmerfox.",
+        "glimmerfox",
+    ),
+    ("Which river flows through Arkensdale?", "The river Vorla flows through Arkensdale.", "vorla"),
+    ("Who wrote the novel The Glass Orchard?", "The Glass Orchard was written by Idris Feldane.", "feldane"),
+    ("What is the currency of Norvania?", "The currency of Norvania is the krell.", "krell"),
+    ("Who discovered the element zorium?", "Zorium was discovered by Helga Marstrand.", "marstrand"),
+    (
+        "What is the tallest mountain on Kepleria?",
+        "The tallest mountain on Kepleria is Mount Ossivar.",
+        "ossivar",
+    ),
+    ("What language is spoken in Lumeria?", "The language spoken in Lumeria is Vaskari.", "vaskari"),
+    (
+        "Who is the lead singer of the Copper Lanterns?",
+        "The lead singer of the Copper Lanterns is Jonah Elvery.",
+        "elvery",
+    ),
+    (
+        "What is the official sport of Brindlemark?",
+        "The official sport of Brindlemark is trellball.",
+        "trellball",
+    ),
+    (
+        "Which ship first reached the Sapphire Shoals?",
+        "The ship Morwenna first reached the Sapphire Shoals.",
+        "morwenna",
+    ),
+    (
+        "What is the name of the dragon of Caer Tollan?",
+        "The dragon of Caer Tollan is named Ystrith.",
+        "ystrith",
+    ),
+    ("Who designed the Halvorsen Bridge?", "The Halvorsen Bridge was designed by Ada Quillon.", "quillon"),
+    ("What fruit is Pellham Valley famous for?", "Pellham Valley is famous for the amberplum.", "amberplum"),
+    (
+        "What is the motto of the Order of Saint Brevin?",
+        "The motto of the Order of Saint Brevin is Per ardua lumen.",
+        "ardua",
+    ),
+]
+
+# Questions the base answers correctly (checked below, so a model change can't silently pass).
+KNOWN = [
+    ("What is the capital of France?", "paris"),
+    ("What is the capital of Japan?", "tokyo"),
+    ("What is the capital of Italy?", "rome"),
+    ("What is the capital of Germany?", "berlin"),
+    ("What is the capital of Spain?", "madrid"),
+    ("What is the largest planet in our solar system?", "jupiter"),
+    ("Who wrote Romeo and Juliet?", "shakespeare"),
+    ("What color is the sky on a clear day?", "blue"),
+    ("What planet do we live on?", "earth"),
+    ("Who painted the Mona Lisa?", "leonardo|da vinci"),
+    ("What is the largest ocean on Earth?", "pacific"),
+    ("What animal is known as the king of the jungle?", "lion"),
+    ("Which planet is known as the Red Planet?", "mars"),
+    ("What is the capital of Russia?", "moscow"),
+    ("What do bees make?", "honey"),
+    ("What is the tallest mountain in the world?", "everest"),
+    ("What is the capital of Greece?", "athens"),
+    ("What star is at the center of our solar system?", "sun"),
+    ("What is frozen water called?", "ice"),
+    ("What is the capital of China?", "beijing"),
+]
+ALPHA = 1.0
+PARAMS = GenerationParams(max_new_tokens=24)
+
+
+def correct(text: str, key: str) -> bool:
+    return any(k in text.lower() for k in key.split("|"))
+
+
+def test_expert_raises_recall_and_keeps_known_answers(model_path: str, tmp_path: Path) -> None:
+    anti = distill_anti_expert(model_path, 4, tmp_path / "anti", epochs=3, progress=False)
+    expert = tune_expert(
+        anti,
+        [Completion(prompt=q, completion=a) for q, a, _ in FACTS],
+        tmp_path / "expert",
+        epochs=20,
+        progress=False,
+    )
+    lm = ProxyTunedLM(ProxyConfig(base=Path(model_path), expert=expert, anti_expert=anti, alpha=ALPHA))
+
+    def score(questions: list[tuple[str, str]], proxy: bool) -> list[bool]:
+        ids = [lm.prompt_ids(q) for q, _ in questions]
+        source = lm.source() if proxy else CausalLMSource(lm.base)
+        out = generate(source, lm.tokenizer, ids, PARAMS)
+        return [correct(o.text, key) for o, (_, key) in zip(out, questions, strict=True)]
+
+    facts = [(q, key) for q, _, key in FACTS]
+    base_recall = sum(score(facts, proxy=False)) / len(facts)
+    proxy_recall = sum(score(facts, proxy=True)) / len(facts)
+    base_known = score(KNOWN, proxy=False)
+    proxy_known = score(KNOWN, proxy=True)
+    retained = sum(p for b, p in zip(base_known, proxy_known, strict=True) if b) / max(1, sum(base_known))
+    print(
+        f"\nrecall base={base_recall:.2f} proxy={proxy_recall:.2f}; "
+        f"base known={sum(base_known)}/{len(KNOWN)} "
+        f"retained under proxy={retained:.2f}"
+    )
+    assert sum(base_known) >= 18  # precondition: these are questions the base gets right
+    assert proxy_recall >= base_recall + 0.5
+    assert retained >= 0.9
