@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -34,6 +37,7 @@ app.add_typer(playbook_app, name="playbook")
 from factflow.agent.cli_eval import eval_app  # noqa: E402
 
 app.add_typer(eval_app, name="eval")
+import factflow.agent.cli_eval_agentic  # noqa: E402,F401  (adds eval bfcl|adapt|appworld)
 from factflow.agent.cli_proxy import proxy_app  # noqa: E402
 
 app.add_typer(proxy_app, name="proxy")
@@ -97,6 +101,112 @@ def models_list() -> None:
     console.print(f"selected: FACTFLOW_MODEL={settings.model}")
 
 
+def _chat_model_for(settings: Settings, reft: Path | None, proxy: Path | None) -> Any:
+    """The configured chat model, optionally with a LoReFT adapter or proxy-tuning (in-process)."""
+    if reft is not None and proxy is not None:
+        raise UserError("--reft and --proxy can't be combined: pick one weight-side route")
+    if reft is not None:
+        from factflow.serving.models import resolve_model
+        from factflow.serving.reft import reft_chat_model
+
+        return reft_chat_model(
+            resolve_model(settings),
+            reft,
+            dtype=settings.dtype,
+            max_new_tokens=settings.max_new_tokens,
+            context_window=settings.context_window,
+        )
+    if proxy is not None:
+        from factflow.serving.proxy import ProxyTunedLM, load_proxy_config
+
+        lm = ProxyTunedLM(load_proxy_config(proxy), dtype=settings.dtype)
+        return lm.chat_model(max_new_tokens=settings.max_new_tokens, context_window=settings.context_window)
+    return None  # the Agent loads the configured one
+
+
+@app.command()
+def serve(
+    model: str | None = typer.Option(None, help="Model folder or 'default' (else FACTFLOW_MODEL)."),
+    host: str | None = typer.Option(None, help="Interface to listen on (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default FACTFLOW_PORT, 8765)."),
+    reft: Path | None = typer.Option(None, help="Serve with this LoReFT adapter folder applied."),
+    proxy: Path | None = typer.Option(None, help="Serve proxy-tuned decoding from this config file."),
+    eager: bool = typer.Option(False, help="Skip torch.compile: starts faster, decodes slower."),
+) -> None:
+    """Start vLLM's OpenAI-compatible server on the configured model. Example: factflow serve --port 8000"""
+    from factflow.serving.models import resolve_model
+    from factflow.serving.vllm_server import VLLMServer
+
+    settings = load_settings(model=model, host=host, port=port)
+    if reft is not None and proxy is not None:
+        raise UserError("--reft and --proxy can't be combined: pick one weight-side route")
+    served = resolve_model(settings)
+    if reft is not None:
+        from factflow.serving.reft import reft_served_model
+
+        served = reft_served_model(served, reft, settings.home)
+    elif proxy is not None:
+        from factflow.serving.proxy import load_proxy_config
+        from factflow.serving.proxy_prepare import prepare_vllm_folder
+
+        served = str(prepare_vllm_folder(load_proxy_config(proxy), settings.home / "vllm-proxy" / proxy.stem))
+    server = VLLMServer(
+        served,
+        host=settings.host,
+        port=settings.port,
+        dtype=settings.dtype,
+        extra_args=["--enforce-eager"] if eager else [],
+        log_path=settings.home / "logs" / f"vllm-{settings.port}.log",
+    )
+    with console.status(f"starting vLLM on {served} (45-60 s on a CPU)..."):
+        server.start()
+    console.print(f"vLLM listening on [bold]{server.base_url}[/] (model name 'factflow'); Ctrl-C stops it")
+    console.print(f"use it: FACTFLOW_ENGINE=vllm FACTFLOW_BASE_URL={server.base_url} factflow chat")
+    try:
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(1.0)
+        raise UserError(f"vLLM stopped unexpectedly (log: {server.log_path})")
+    except KeyboardInterrupt:
+        console.print("stopping vLLM...")
+    finally:
+        server.stop()
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="The question; the answer is printed to stdout."),
+    thread: str | None = typer.Option(None, help="Continue this conversation thread."),
+    engine: str | None = typer.Option(None, help="transformers or vllm (else FACTFLOW_ENGINE)."),
+    reft: Path | None = typer.Option(None, help="Apply this LoReFT adapter (transformers engine)."),
+    proxy: Path | None = typer.Option(None, help="Proxy-tuned decoding from this config file."),
+    show_sources: bool = typer.Option(False, "--sources", help="Also print cited fact and bullet ids."),
+) -> None:
+    """One-shot question for scripts. Example: factflow ask 'What is the capital of France?'"""
+    from factflow.agent.api import Agent
+
+    settings = load_settings(engine=engine)
+    with Agent(settings, chat_model=_chat_model_for(settings, reft, proxy)) as agent:
+        result = agent.ask(question, thread_id=thread)
+    typer.echo(result.answer)
+    if show_sources:
+        typer.echo(f"facts: {', '.join(result.cited_fact_ids) or '-'}")
+        typer.echo(f"bullets: {', '.join(result.used_bullet_ids) or '-'}")
+
+
+@app.command()
+def chat(
+    thread: str | None = typer.Option(None, help="Resume this conversation thread."),
+    engine: str | None = typer.Option(None, help="transformers or vllm (else FACTFLOW_ENGINE)."),
+    reft: Path | None = typer.Option(None, help="Apply this LoReFT adapter (transformers engine)."),
+    proxy: Path | None = typer.Option(None, help="Proxy-tuned decoding from this config file."),
+) -> None:
+    """The terminal REPL: streaming answers, /teach, /why, /help. Example: factflow chat"""
+    from factflow.agent.repl import run_repl
+
+    settings = load_settings(engine=engine)
+    run_repl(settings, thread_id=thread, chat_model=_chat_model_for(settings, reft, proxy))
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:
@@ -104,7 +214,7 @@ def main() -> None:
     except UserError as exc:
         if os.environ.get("FACTFLOW_DEBUG") == "1":
             raise
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
         sys.exit(2)
 
 
