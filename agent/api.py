@@ -139,9 +139,9 @@ class AnswerExtractor:
                 return ""
             self.mode = "json" if stripped[0] == "{" else "text"
         if self.mode == "text":
-            out = self.buf[self.pos :]
+            text = self.buf[self.pos :]
             self.pos = len(self.buf)
-            return out
+            return text
         if not self.started:
             match = self._ANSWER_KEY.search(self.buf)
             if match is None:
@@ -432,7 +432,7 @@ class Agent:
     def export(self, thread_id: str) -> dict[str, Any]:
         """The thread as JSON-ready data: messages (role, content, tool calls) and the last turn."""
         values = self.graph.get_state(self._config(thread_id)).values
-        roles = {HumanMessage: "user", AIMessage: "assistant", ToolMessage: "tool"}
+        roles: dict[type, str] = {HumanMessage: "user", AIMessage: "assistant", ToolMessage: "tool"}
         messages = [
             {
                 "role": roles.get(type(m), m.type),

@@ -83,15 +83,15 @@ def citation_model(fact_ids: Sequence[str], bullet_ids: Sequence[str] = ()) -> t
     """Pydantic model whose JSON schema only admits the given ids (an enum per list)."""
     fields: dict[str, Any] = {}
     if fact_ids:
-        fact_t = Literal[tuple(fact_ids)]  # type: ignore[valid-type]
+        fact_t: Any = Literal[tuple(fact_ids)]  # a runtime enum: types built from data
         fields["cited_fact_ids"] = (
-            list[fact_t],
+            list[fact_t],  # type: ignore[valid-type]
             Field(default_factory=list, max_length=min(2, len(fact_ids))),
         )
     if bullet_ids:
-        bullet_t = Literal[tuple(bullet_ids)]  # type: ignore[valid-type]
+        bullet_t: Any = Literal[tuple(bullet_ids)]
         fields["used_bullet_ids"] = (
-            list[bullet_t],
+            list[bullet_t],  # type: ignore[valid-type]
             Field(default_factory=list, max_length=min(3, len(bullet_ids))),
         )
     model: type[BaseModel] = create_model(  # type: ignore[call-overload]

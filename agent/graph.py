@@ -104,10 +104,8 @@ def _as_ai(message: Any) -> AIMessage:
 
 def _decision_model(options: Sequence[str]) -> type[BaseModel]:
     """`{"action": <one of options>}`: a few tokens, so deciding costs little next to answering."""
-    action_t = Literal[tuple(options)]  # type: ignore[valid-type]
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
-        "NextStep", __config__=ConfigDict(extra="forbid"), action=(action_t, ...)
-    )
+    fields: dict[str, Any] = {"action": (Literal[tuple(options)], ...)}  # a runtime enum
+    model: type[BaseModel] = create_model("NextStep", __config__=ConfigDict(extra="forbid"), **fields)
     return model
 
 
@@ -270,7 +268,8 @@ def build_graph(
         except Exception as exc:  # invalid structured output: a logged, skipped step -> answer
             log.warning("tool decision failed: %s", exc)
             return "answer" if "answer" in options else options[0]
-        return str(picked.action if isinstance(picked, BaseModel) else picked["action"])  # type: ignore[index]
+        data = picked.model_dump() if isinstance(picked, BaseModel) else dict(picked)
+        return str(data["action"])
 
     def _generate_single(state: AgentState, rounds: int, over_budget: bool) -> dict[str, Any]:
         """One bind_tools call per round (for models strong enough to answer inside the JSON action)."""

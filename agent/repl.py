@@ -241,7 +241,7 @@ def run_repl(
     """Load the agent, then read-eval-print until /quit or Ctrl-D."""
     from factflow.agent.api import Agent
 
-    console = console or Console()
+    console = console or Console(highlight=False)  # answers are prose: no number/URL colouring
     started = time.perf_counter()
     with console.status("loading the model, fact store and playbook..."):
         agent = Agent(settings, chat_model=chat_model)
