@@ -51,7 +51,7 @@ def _vllm_tok_per_s(folder: str, prompts: list[list[int]], new_tokens: int) -> f
 
     from factflow.serving.vllm_server import SERVED_MODEL_NAME, VLLMServer
 
-    with VLLMServer(folder, max_model_len=512) as server:
+    with VLLMServer(folder, max_model_len=512, startup_timeout=1500) as server:
         body = {"model": SERVED_MODEL_NAME, "max_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True}
         warm = {**body, "prompt": prompts[0]}
         httpx.post(f"{server.base_url}/completions", json=warm, timeout=300).raise_for_status()
