@@ -1,0 +1,85 @@
+"""`factflow eval`: reproducible experiments. `lab` runs the knowledge-accessibility lab.
+
+Other evaluations (bfcl, adapt, appworld) add their commands to the same `eval_app`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+__all__ = ["eval_app"]
+
+eval_app = typer.Typer(
+    help="Run evaluations. Example: factflow eval lab --quick --out lab-quick", no_args_is_help=True
+)
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@eval_app.command("lab")
+def lab(
+    routes: str = typer.Option(
+        "none,playbook,store,full_ft,lora,reft,proxy", help="Comma-separated routes to compare."
+    ),
+    sizes: str = typer.Option("16,256", help="Comma-separated numbers of facts, e.g. 16,256,1024."),
+    out: Path = typer.Option(Path("lab-results"), help="Folder for results.jsonl, report.md and plots."),
+    seed: int = typer.Option(0, help="Data, sampling and training seed."),
+    quick: bool = typer.Option(False, help="CI budget: 8 facts, 1-2 optimizer steps (ignores --sizes)."),
+    epochs: int = typer.Option(8, help="Training epochs of weight routes (upper bound)."),
+    max_steps: int = typer.Option(48, help="Optimizer step cap of weight routes (bounds CPU time)."),
+    eval_facts: int = typer.Option(48, help="Facts sampled for efficacy/paraphrase questions."),
+    eval_two_hop: int = typer.Option(24, help="Two-hop questions asked."),
+    locality_candidates: int = typer.Option(0, help="Candidate locality probes tried (0 = all)."),
+    neutral: int = typer.Option(12, help="Neutral sentences for KL and perplexity."),
+    max_new_tokens: int = typer.Option(16, help="Answer length cap."),
+    train_batch_size: int = typer.Option(4, help="Training batch size of weight routes."),
+    ft_lr: float = typer.Option(1e-4, help="Full fine-tuning learning rate."),
+    lora_lr: float = typer.Option(1e-3, help="LoRA learning rate."),
+) -> None:
+    """Every route to a new fact, side by side. Example: factflow eval lab --sizes 16,256 --out lab/"""
+    from factflow.agent.cli import console, load_settings
+    from factflow.errors import UserError
+    from factflow.evals.lab import LabConfig, quick_config, run_lab
+    from factflow.evals.lab_routes import RouteBudget
+    from factflow.serving.models import resolve_model
+
+    settings = load_settings()
+    model_path = resolve_model(settings)
+    cache_dir = settings.home / "lab"
+    try:
+        size_list = [int(s) for s in _csv(sizes)]
+    except ValueError:
+        raise UserError(f"--sizes {sizes!r} is not a list of integers: use e.g. --sizes 16,256") from None
+    route_list = _csv(routes)
+    if quick:
+        cfg = quick_config(out, model_path=model_path, cache_dir=cache_dir, seed=seed, routes=route_list)
+    else:
+        budget = RouteBudget(
+            epochs=epochs,
+            max_steps=max_steps,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            train_batch_size=train_batch_size,
+            ft_lr=ft_lr,
+            lora_lr=lora_lr,
+            playbook_budget_tokens=settings.playbook_token_budget,
+        )
+        cfg = LabConfig(
+            routes=route_list,
+            sizes=size_list,
+            out=out,
+            seed=seed,
+            model_path=model_path,
+            cache_dir=cache_dir,
+            budget=budget,
+            eval_facts=eval_facts,
+            eval_two_hop=eval_two_hop,
+            locality_candidates=locality_candidates or None,
+            n_neutral=neutral,
+        )
+    report = run_lab(cfg)
+    console.print(f"report: {report}")
