@@ -64,7 +64,13 @@ def _vllm_tok_per_s(folder: str, prompts: list[list[int]], new_tokens: int) -> f
 
 
 def run(
-    model_path: str, *, new_tokens: int = 64, n_prompts: int = 4, epochs: int = 3, vllm: bool = True
+    model_path: str,
+    *,
+    new_tokens: int = 64,
+    n_prompts: int = 4,
+    epochs: int = 3,
+    vllm: bool = True,
+    adapter: Path | None = None,
 ) -> dict[str, Any]:
     from factflow.serving.hf_engine import load_hf_model
 
@@ -73,10 +79,13 @@ def run(
     examples = load_examples(FACTS)
     work = Path(tempfile.mkdtemp(prefix="factflow-bench-reft-"))
     t0 = time.perf_counter()
-    adapter_dir = train_reft(
-        model_path, examples, ReftConfig(layers=[8, 16], rank=4), work / "adapter",
-        train=TrainConfig(epochs=epochs, stop_loss=None, patience=epochs), model=model, tokenizer=tok,
-    )  # fmt: skip
+    if adapter is None:
+        adapter_dir = train_reft(
+            model_path, examples, ReftConfig(layers=[8, 16], rank=4), work / "adapter",
+            train=TrainConfig(epochs=epochs, stop_loss=None, patience=epochs), model=model, tokenizer=tok,
+        )  # fmt: skip
+    else:  # reuse a trained adapter: its training.json still gives the time per epoch
+        adapter_dir = adapter
     train_s = time.perf_counter() - t0
     report = json.loads((adapter_dir / "training.json").read_text())
     prompts = [_prompt_ids(tok, ex.prompt, True) for ex in examples[:n_prompts]]
@@ -123,10 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--no-vllm", action="store_true", help="Only the transformers engine.")
     parser.add_argument("--json", type=Path, help="Also write the numbers here.")
+    parser.add_argument("--adapter", type=Path, help="Use this trained adapter instead of training one.")
     args = parser.parse_args(argv)
     result = run(
         resolve_model(get_settings()), new_tokens=args.new_tokens, n_prompts=args.prompts,
-        epochs=args.epochs, vllm=not args.no_vllm,
+        epochs=args.epochs, vllm=not args.no_vllm, adapter=args.adapter,
     )  # fmt: skip
     print(_table(result))
     if args.json:
