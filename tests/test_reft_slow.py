@@ -86,7 +86,9 @@ def test_vllm_greedy_parity_with_transformers(trained: dict, tmp_path: Path) -> 
     with adapter.attach(model):
         hf_out = [greedy_generate(model, tok, p, 16) for p in prompts]
     folder = prepare_vllm_folder(trained["path"], trained["adapter"], tmp_path / "served")
-    with VLLMServer(str(folder), max_model_len=512, startup_timeout=1500) as server:
+    # eager: inductor compilation on a loaded 2-core CPU took >15 min; hooks were verified eager
+    eager = ["--enforce-eager"]
+    with VLLMServer(str(folder), max_model_len=512, startup_timeout=1500, extra_args=eager) as server:
         vllm_out = []
         for p in prompts:
             r = httpx.post(
