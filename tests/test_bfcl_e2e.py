@@ -1,0 +1,128 @@
+"""End-to-end runs of the agentic benchmarks on the real default model.
+
+Fast set: one real BFCL case (simple) through the runner, resume, and the report; and the fixed
+playbook that contains the answer rules beats no playbook on the domain-rules suite. The CLI
+`--quick` runs of bfcl and adapt are slow; appworld skips unless installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from factflow.evals import domain_rules
+from factflow.evals.adapt import DomainRulesSuite, evaluate
+from factflow.evals.agentic_report import write_bfcl_report
+from factflow.evals.appworld import INSTALL_HINT, appworld_available
+from factflow.evals.bfcl_data import load_category
+from factflow.evals.bfcl_runner import run_bfcl, summarize
+
+
+def test_bfcl_simple_case_runs_scores_and_resumes(hf_chat, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    chat = hf_chat.model_copy(update={"max_new_tokens": 96})
+    entries = load_category("simple", limit=1)
+    results = run_bfcl(chat, [], tmp_path, entries=entries, progress=False)
+    assert len(results) == 1 and results[0].id == "simple_python_0"
+    # The default model gets this one right: calculate_triangle_area(base=10, height=5).
+    assert results[0].calls and "calculate_triangle_area" in results[0].calls[0]
+    lines = (tmp_path / "bfcl_results.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["valid"] == results[0].valid
+    again = run_bfcl(chat, [], tmp_path, entries=entries, progress=False)  # resumable: nothing re-run
+    assert [r.model_dump() for r in again] == [r.model_dump() for r in results]
+    assert len((tmp_path / "bfcl_results.jsonl").read_text().splitlines()) == 1
+    table = summarize(results)
+    assert table["simple"]["n"] == 1 and table["overall"]["accuracy"] == float(results[0].valid)
+    report = write_bfcl_report(table, tmp_path)
+    assert "| simple | 1 |" in report.read_text() and (tmp_path / "bfcl_accuracy.png").stat().st_size > 0
+
+
+def test_fixed_playbook_with_the_rules_beats_no_playbook(hf_chat) -> None:  # type: ignore[no-untyped-def]
+    """The harness must credit a good playbook: the tags are unguessable without the rules."""
+    chat = hf_chat.model_copy(update={"max_new_tokens": 16})
+    suite = DomainRulesSuite(n=4)  # one item per tag rule
+    items = [it for it in suite.items if it.kind == "tag"]
+    none, _ = evaluate(chat, suite, items, "")
+    fixed, _ = evaluate(chat, suite, items, domain_rules.rulebook())
+    assert fixed > none
+
+
+def test_domain_rules_scoring_and_feedback() -> None:
+    items = domain_rules.generate_suite(12, seed=1)
+    train, test = domain_rules.split_suite(items)
+    assert {i.rule_id for i in train} == {i.rule_id for i in test}  # every rule on both sides
+    tag = next(i for i in items if i.kind == "tag")
+    assert domain_rules.score_answer(tag, f"The tag is {tag.answer.lower()}.")
+    assert not domain_rules.score_answer(tag, "NV-XXX")
+    num = next(i for i in items if i.kind == "formula")
+    assert domain_rules.score_answer(num, f"{num.answer} florins")
+    assert not domain_rules.score_answer(num, "no idea")
+    plain = domain_rules.feedback(num, "1", with_label=False)
+    assert (
+        "Rejected" in plain and num.answer not in plain.split("note:")[1]
+    )  # online feedback hides the label
+    assert num.answer in domain_rules.feedback(num, "1", with_label=True)
+
+
+@pytest.mark.slow
+def test_cli_bfcl_quick(tmp_path: Path) -> None:
+    from factflow.agent.cli import app
+
+    out = tmp_path / "bfcl"
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "bfcl",
+            "--quick",
+            "--categories",
+            "simple,irrelevance,multi_turn_base,memory",
+            "--limit",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (out / "bfcl_results.jsonl").read_text().splitlines()]
+    assert {r["category"] for r in rows} == {"simple", "irrelevance", "multi_turn_base", "memory"}
+    assert (out / "bfcl_report.md").exists() and (out / "bfcl_accuracy.png").exists()
+
+
+@pytest.mark.slow
+def test_cli_adapt_quick(tmp_path: Path) -> None:
+    from factflow.agent.cli import app
+
+    out = tmp_path / "adapt"
+    result = CliRunner().invoke(
+        app, ["eval", "adapt", "--quick", "--suites", "domain_rules", "--limit", "12", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (out / "adapt_results.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["none", "ace_offline", "ace_online", "dc_rewrite", "fixed"]
+    assert all(
+        r["adapt_tokens"] > 0 for r in rows if r["method"] in ("ace_offline", "ace_online", "dc_rewrite")
+    )
+    assert (out / "adapt_report.md").exists() and (out / "adapt_accuracy.png").exists()
+
+
+def test_cli_appworld_explains_how_to_install(tmp_path: Path) -> None:
+    if appworld_available():
+        pytest.skip("appworld is installed: the slow run below covers it")
+    from factflow.agent.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "appworld", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, Exception) and INSTALL_HINT in str(result.exception)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not appworld_available(), reason="appworld package and data not installed")
+def test_cli_appworld_quick(tmp_path: Path) -> None:
+    from factflow.agent.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "appworld", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "appworld_results.jsonl").exists()
