@@ -55,7 +55,8 @@ def show(
         r = pb.render(query, budget)
         console.print(r.text or "(empty playbook)", markup=False)
         console.print(
-            f"[dim]version {pb.version}: {len(r.bullet_ids)} bullets, {r.tokens} tokens, {r.omitted} left out[/]"
+            f"[dim]version {pb.version}: {len(r.bullet_ids)} bullets, "
+            f"{r.tokens} tokens, {r.omitted} left out[/]"
         )
 
 

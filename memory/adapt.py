@@ -150,7 +150,9 @@ def _run_batches(
     progress: bool,
     on_batch: Callable[[AdaptReport], None] | None = None,
 ) -> None:
-    bar = tqdm(total=len(samples), initial=report.next_index, desc=f"adapt epoch {epoch}", disable=not progress)
+    bar = tqdm(
+        total=len(samples), initial=report.next_index, desc=f"adapt epoch {epoch}", disable=not progress
+    )
     while report.next_index < len(samples):
         batch = list(range(report.next_index, min(report.next_index + batch_size, len(samples))))
         reflections: list[tuple[str, Reflection]] = []
@@ -163,8 +165,14 @@ def _run_batches(
             correct = judge(prediction, s.label) if s.label is not None else None
             feedback = label_feedback(prediction, s.label, correct, s.feedback)
             reflection, reasons = playbook.reflect(
-                s.question, prediction, feedback, chat_model, trajectory, used,
-                reflector_rounds=reflector_rounds, meter=meter,
+                s.question,
+                prediction,
+                feedback,
+                chat_model,
+                trajectory,
+                used,
+                reflector_rounds=reflector_rounds,
+                meter=meter,
             )
             skipped += reasons
             if reflection is not None:
@@ -172,14 +180,22 @@ def _run_batches(
                 shown.update(used)
             records.append(
                 StepRecord(
-                    index=k, epoch=epoch, question=s.question, prediction=prediction, correct=correct,
-                    used_bullet_ids=used, version=playbook.version, seconds=time.perf_counter() - t0,
+                    index=k,
+                    epoch=epoch,
+                    question=s.question,
+                    prediction=prediction,
+                    correct=correct,
+                    used_bullet_ids=used,
+                    version=playbook.version,
+                    seconds=time.perf_counter() - t0,
                     skipped=skipped,
                 )
             )
         if reflections:
             t0 = time.perf_counter()
-            result = playbook.curate(reflections, chat_model, shown_ids=shown, trace_id=uuid.uuid4().hex[:12], meter=meter)
+            result = playbook.curate(
+                reflections, chat_model, shown_ids=shown, trace_id=uuid.uuid4().hex[:12], meter=meter
+            )
             records[-1].skipped += result.skipped
             records[-1].version = result.version
             records[-1].seconds += time.perf_counter() - t0
@@ -209,8 +225,17 @@ def online_adapt(
     report = _load(playbook, run_id)
     if not report.done:
         _run_batches(
-            playbook, samples, chat_model, report, epoch=0, batch_size=max(1, batch_size), judge=judge,
-            budget=budget_tokens, reflector_rounds=reflector_rounds, meter=meter, progress=progress,
+            playbook,
+            samples,
+            chat_model,
+            report,
+            epoch=0,
+            batch_size=max(1, batch_size),
+            judge=judge,
+            budget=budget_tokens,
+            reflector_rounds=reflector_rounds,
+            meter=meter,
+            progress=progress,
         )
         report.done = True
         _save(playbook, report)
@@ -277,8 +302,17 @@ def offline_adapt(
 
     while report.epoch < epochs:
         _run_batches(
-            playbook, train, chat_model, report, epoch=report.epoch, batch_size=max(1, batch_size), judge=judge,
-            budget=budget_tokens, reflector_rounds=reflector_rounds, meter=meter, progress=progress,
+            playbook,
+            train,
+            chat_model,
+            report,
+            epoch=report.epoch,
+            batch_size=max(1, batch_size),
+            judge=judge,
+            budget=budget_tokens,
+            reflector_rounds=reflector_rounds,
+            meter=meter,
+            progress=progress,
             on_batch=maybe_validate,
         )
         report.epoch += 1

@@ -224,8 +224,9 @@ class Playbook:
     ) -> ApplyResult:
         """Validate and apply `delta` as one new version; invalid ops are rejected with reasons.
 
-        With `dedup_mode="proactive"` new or changed bullets are then de-duplicated, which (when
-        it finds duplicates) commits one more version authored "refine".
+        Changed bullets are then refined: pruned if their harmful tags dominate, and with
+        `dedup_mode="proactive"` de-duplicated; when that finds anything it commits one more
+        version authored "refine" (so `result.version` may not be the newest version).
         """
         result, changed = self._commit(
             list(delta.ops),
@@ -235,8 +236,8 @@ class Playbook:
             trace_id=trace_id,
             kind="delta",
         )
-        if self.dedup_mode == "proactive" and changed:
-            self.refine(sorted(changed))
+        if changed:  # pruning is cheap and always on; de-duplication only when proactive
+            self.refine(sorted(changed), dedup=self.dedup_mode == "proactive")
         return result
 
     # ---- grow and refine ---------------------------------------------------------------------
@@ -262,7 +263,7 @@ class Playbook:
         self._db.save_embeddings(new_rows)
         return self._index
 
-    def refine(self, ids: list[str] | None = None) -> ApplyResult | None:
+    def refine(self, ids: list[str] | None = None, *, dedup: bool = True) -> ApplyResult | None:
         """De-duplicate `ids` (default: every bullet) against the rest, prune harmful bullets.
 
         The resulting MERGE/REMOVE ops are committed as one version authored "refine".
@@ -272,7 +273,7 @@ class Playbook:
             check = list(state.bullets) if ids is None else [i for i in ids if i in state.bullets]
             ops: list[LogOp] = list(prune_ops(state, self.settings.playbook_prune_min_harmful, check))
             pruned = {op.id for op in ops if isinstance(op, RemoveOp)}
-            if self.dedup_mode != "off" and check:
+            if dedup and self.dedup_mode != "off" and check:
                 index = self._synced_index()
                 ops.extend(
                     dedup_ops(

@@ -126,9 +126,11 @@ def render_playbook(
         return "\n\n".join(blocks)
 
     list_order = {b.id: k for k, b in enumerate(bullets)}
-    full = compose(bullets, 0)
+    # only tokenize the whole playbook when the cached per-line estimate says it may fit
+    estimate = sum(cost(b) for b in bullets) + sum(header_cost.values())
+    full = compose(bullets, 0) if estimate <= 2 * budget_tokens + 16 else ""
     full_tokens = counter.count(full) if full else 0
-    if full_tokens <= budget_tokens:
+    if full and full_tokens <= budget_tokens or not bullets:
         return RenderedPlaybook(text=full, bullet_ids=[b.id for b in bullets], omitted=0, tokens=full_tokens)
 
     # over budget: alternate the two rankings, taking every bullet that still fits
@@ -162,7 +164,11 @@ def render_playbook(
         tokens = counter.count(text)
         if tokens <= budget_tokens or not chosen:
             break
-        chosen.pop()
+        # drop from the tail, about as many lines as the overshoot needs (each re-count is a
+        # full tokenization)
+        over = tokens - budget_tokens
+        while chosen and over > 0:
+            over -= cost(chosen.pop())
     if tokens > budget_tokens:  # even the footer alone does not fit
         text, tokens = "", 0
     chosen_ids = {b.id for b in chosen}

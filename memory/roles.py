@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from factflow.memory.bullets import AddOp, Bullet, DeltaOp, MergeOp, RemoveOp, TagOp, UpdateOp
 
@@ -49,21 +49,34 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _cut(n: int) -> Any:
+    return AfterValidator(lambda v: v[:n])
+
+
+# Strings cut *after* decoding, not `max_length`: xgrammar compiles a JSON-schema maxLength into
+# a counted repetition costing ~9 s of CPU per schema; max_new_tokens already bounds the output.
+_S24 = Annotated[str, _cut(24)]
+_S200 = Annotated[str, _cut(200)]
+_S300 = Annotated[str, _cut(300)]
+_S400 = Annotated[str, _cut(400)]
+_S600 = Annotated[str, _cut(600)]
+
+
 class GeneratorOutput(_Out):
     # length caps bound decode time on CPU and keep a rambling small model in check
-    reasoning: str = Field("", max_length=600)
-    answer: str = Field(max_length=200)
+    reasoning: _S600 = ""
+    answer: _S200
     bullet_ids: list[str] = Field(default_factory=list, max_length=8)
 
 
 class BulletTag(_Out):
-    id: str = Field(max_length=24)
+    id: _S24
     tag: Literal["helpful", "harmful", "neutral"]
 
 
 class Reflection(_Out):
-    diagnosis: str = Field(max_length=400)
-    key_insight: str = Field(max_length=300)
+    diagnosis: _S400
+    key_insight: _S300
     bullet_tags: list[BulletTag] = Field(default_factory=list, max_length=8)
 
 
@@ -72,7 +85,7 @@ class CuratorOperation(_Out):
 
     type: Literal["ADD", "UPDATE", "MERGE", "REMOVE"]
     section: str = ""
-    content: str = Field("", max_length=300)
+    content: _S300 = ""
     bullet_ids: list[str] = Field(default_factory=list, max_length=4)
 
 

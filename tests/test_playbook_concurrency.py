@@ -39,7 +39,10 @@ def write_many(path: Path, writer: int) -> None:
     usually stale, so every apply exercises conflict detection and re-application."""
     pb = open_pb(path)
     for i in range(DELTAS):
-        ops = [AddOp(section="other", content=f"writer {writer} delta {i}"), TagOp(id="strat-00001", tag="helpful")]
+        ops = [
+            AddOp(section="other", content=f"writer {writer} delta {i}"),
+            TagOp(id="strat-00001", tag="helpful"),
+        ]
         r = pb.apply(Delta(ops=ops), base_version=pb.state().version, author=f"w{writer}")
         assert not r.rejected, r.rejected
     pb.close()

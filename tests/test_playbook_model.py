@@ -39,7 +39,9 @@ def open_pb(path: Path) -> Playbook:
 # ---- strategies: small id/content pools so ops collide often (that is where bugs live) ----
 IDS = [f"{p}-{n:05d}" for p in ("strat", "form", "mist") for n in range(1, 8)] + ["nope-1", ""]
 SECTIONS = ["strategies", "formulas", "common_mistakes", "bogus"]
-CONTENT = st.sampled_from(["check units", "v = d / t", "  ", "", "read twice", "Check  units", "x" * 2001, "a b c"])
+CONTENT = st.sampled_from(
+    ["check units", "v = d / t", "  ", "", "read twice", "Check  units", "x" * 2001, "a b c"]
+)
 op_st = st.one_of(
     st.builds(AddOp, section=st.sampled_from(SECTIONS), content=CONTENT),
     st.builds(UpdateOp, id=st.sampled_from(IDS), content=CONTENT),
@@ -136,12 +138,14 @@ def test_ops_validate_and_reject_with_reasons(tmp_path: Path) -> None:
 def test_merge_sums_counters_and_keeps_first_id(tmp_path: Path) -> None:
     pb = open_pb(tmp_path / "pb.sqlite3")
     pb.apply(Delta(ops=[AddOp(section="strategies", content=c) for c in ("a one", "a two", "a three")]))
-    pb.apply(Delta(ops=[TagOp(id="strat-00001", tag="helpful"), TagOp(id="strat-00002", tag="harmful", count=3)]))
+    pb.apply(
+        Delta(ops=[TagOp(id="strat-00001", tag="helpful"), TagOp(id="strat-00002", tag="harmful", count=2)])
+    )
     r = pb.apply(Delta(ops=[MergeOp(ids=["strat-00002", "strat-00001"], content="a merged")]))
     assert not r.rejected
     assert list(pb.state().bullets) == ["strat-00002", "strat-00003"]
     merged = pb.state().bullets["strat-00002"]
-    assert (merged.content, merged.helpful, merged.harmful) == ("a merged", 1, 3)
+    assert (merged.content, merged.helpful, merged.harmful) == ("a merged", 1, 2)
     # the next ADD does not reuse a freed id
     r = pb.apply(Delta(ops=[AddOp(section="strategies", content="a four")]))
     assert r.applied[0].id == "strat-00004"  # type: ignore[union-attr]
@@ -167,7 +171,11 @@ def test_history_rollback_export_import_roundtrip(tmp_path: Path) -> None:
     pb.apply(Delta(ops=[AddOp(section="formulas", content="a = F / m")]), author="bob", trace_id="t9")
     pb.apply(Delta(ops=[TagOp(id="form-00002", tag="helpful")]))
     hist = pb.history()
-    assert [(h.version, h.author, h.kind) for h in hist] == [(1, "alice", "delta"), (2, "bob", "delta"), (3, "", "delta")]
+    assert [(h.version, h.author, h.kind) for h in hist] == [
+        (1, "alice", "delta"),
+        (2, "bob", "delta"),
+        (3, "", "delta"),
+    ]
     assert hist[1].trace_id == "t9" and hist[0].reason == "r1"
 
     js, md = pb.export_json(), pb.export_markdown()
@@ -206,8 +214,11 @@ def test_render_budget_selects_relevant_and_helpful(tmp_path: Path) -> None:
             return m / np.linalg.norm(m, axis=1, keepdims=True)
 
     pb = Playbook.open(
-        tmp_path / "pb.sqlite3", Settings(home=tmp_path), dedup_mode="off",
-        token_counter=WordCounter(), embedder=KeywordEmbedder(),
+        tmp_path / "pb.sqlite3",
+        Settings(home=tmp_path),
+        dedup_mode="off",
+        token_counter=WordCounter(),
+        embedder=KeywordEmbedder(),
     )
     contents = [f"filler lesson number {i} about nothing much" for i in range(30)]
     contents[7] = "always convert unit before dividing"

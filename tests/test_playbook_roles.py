@@ -64,7 +64,10 @@ def test_learn_tags_and_curates_through_validated_ops(tmp_path: Path) -> None:
                 {
                     "diagnosis": "wrong sum",
                     "key_insight": "carry the one",
-                    "bullet_tags": [{"id": "strat-00001", "tag": "harmful"}, {"id": "strat-99999", "tag": "helpful"}],
+                    "bullet_tags": [
+                        {"id": "strat-00001", "tag": "harmful"},
+                        {"id": "strat-99999", "tag": "helpful"},
+                    ],
                 }
             ],
             "CuratorOutput": [
@@ -92,7 +95,9 @@ def test_learn_tags_and_curates_through_validated_ops(tmp_path: Path) -> None:
     assert "common_mistakes" in curator_prompt and "[strat-00001]" in curator_prompt
 
 
-def test_invalid_output_is_retried_once_then_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_invalid_output_is_retried_once_then_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     pb = open_pb(tmp_path)
     chat = ScriptedChat({"Reflection": [ValueError("not json"), ValueError("still not json")]})
     r = pb.learn("q", "a", "", chat)
@@ -102,7 +107,10 @@ def test_invalid_output_is_retried_once_then_skipped(tmp_path: Path, caplog: pyt
     # a retry that succeeds is used
     chat = ScriptedChat(
         {
-            "Reflection": [RuntimeError("engine hiccup"), {"diagnosis": "d", "key_insight": "k", "bullet_tags": []}],
+            "Reflection": [
+                RuntimeError("engine hiccup"),
+                {"diagnosis": "d", "key_insight": "k", "bullet_tags": []},
+            ],
             "CuratorOutput": [ValueError("bad"), ValueError("bad again")],
         }
     )
@@ -157,7 +165,9 @@ def test_offline_keeps_best_playbook(tmp_path: Path) -> None:
     report = offline_adapt(pb, train, val, chat, epochs=2, eval_every=1, run_id="off", progress=False)
     assert report.best_score == 1.0
     assert report.val_scores[-1][2] == 0.0  # the last version was worse ...
-    assert len(pb.state().bullets) < 2 and pb.history()[-1].author == "offline-best"  # ... so it was rolled back
+    assert (
+        len(pb.state().bullets) < 2 and pb.history()[-1].author == "offline-best"
+    )  # ... so it was rolled back
 
 
 def test_exact_match() -> None:
@@ -168,7 +178,8 @@ def test_exact_match() -> None:
 
 def test_generator_output_schema_is_bounded() -> None:
     schema = GeneratorOutput.model_json_schema()
-    assert schema["properties"]["answer"]["maxLength"] == 200
+    assert "maxLength" not in schema["properties"]["answer"]  # costly for xgrammar; cut after decoding
+    assert len(GeneratorOutput(answer="x" * 500).answer) == 200
     assert Reflection.model_json_schema()["properties"]["bullet_tags"]["maxItems"] == 8
 
 
