@@ -82,7 +82,7 @@ def adapt(
     limit: int | None = typer.Option(None, help="Items per suite (train + test); default 48 / 40."),
     epochs: int = typer.Option(2, help="Offline ACE epochs over the training split."),
     quick: bool = typer.Option(False, help="CI budget: 12 items (2 per rule), 1 epoch."),
-    max_new_tokens: int = typer.Option(256, help="Token cap per model call (reflector JSON needs ~200)."),
+    max_new_tokens: int = typer.Option(384, help="Token cap per model call (reflector JSON needs 200+)."),
 ) -> None:
     """ACE offline/online vs no playbook vs DC rewrite. Example: factflow eval adapt --quick"""
     from factflow.agent.cli import console

@@ -161,20 +161,30 @@ class BfclSuite:
 
 
 class _Usage:
-    """Counts tokens of every chat-model call inside the block (LangChain usage callback)."""
+    """Counts adaptation tokens and seconds.
 
-    def __init__(self) -> None:
+    Tokens come from the engine's `usage_metadata` on messages we get back (DC rewrites) and from
+    the playbook's `UsageMeter` (every reflect/curate prompt and output, counted with the chat
+    model's tokenizer), because structured-output calls don't hand their messages back to us.
+    """
+
+    def __init__(self, chat: BaseChatModel) -> None:
+        from factflow.memory.roles import UsageMeter
+
+        self.chat = chat
+        self.meter = UsageMeter()
         self.tokens = 0
         self.seconds = 0.0
 
     def run(self, fn: Callable[[], Any]) -> Any:
-        from langchain_core.callbacks import get_usage_metadata_callback
-
         start = time.perf_counter()
-        with get_usage_metadata_callback() as cb:
-            out = fn()
+        seen = len(self.meter.calls)
+        out = fn()
         self.seconds += time.perf_counter() - start
-        self.tokens += sum(int(u.get("total_tokens", 0) or 0) for u in cb.usage_metadata.values())
+        for call in self.meter.calls[seen:]:
+            self.tokens += self.chat.get_num_tokens(call.prompt) + self.chat.get_num_tokens(call.output)
+        usage = getattr(out, "usage_metadata", None) or {}
+        self.tokens += int(usage.get("total_tokens", 0) or 0)
         return out
 
 
@@ -207,10 +217,17 @@ def _open_playbook(path: Path) -> Any:
 
 
 def _learn(
-    pb: Any, chat: BaseChatModel, suite: Suite, item: Any, ans: Answer, feedback: str, used: list[str]
+    pb: Any,
+    chat: BaseChatModel,
+    suite: Suite,
+    item: Any,
+    ans: Answer,
+    feedback: str,
+    used: list[str],
+    meter: Any,
 ) -> None:
     try:
-        pb.learn(suite.question(item), ans.text, feedback, chat, used_bullet_ids=tuple(used))
+        pb.learn(suite.question(item), ans.text, feedback, chat, used_bullet_ids=tuple(used), meter=meter)
     except Exception as exc:  # a failed reflect/curate step is skipped, as ACE does; the run goes on
         tqdm.write(f"learn step skipped for {getattr(item, 'id', '?')}: {type(exc).__name__}: {exc}"[:300])
 
@@ -219,14 +236,14 @@ def _ace_offline(
     chat: BaseChatModel, suite: Suite, train: list[Any], test: list[Any], out: Path, epochs: int
 ) -> AdaptRow:
     pb = _open_playbook(out / f"{suite.name}_ace_offline.sqlite3")
-    usage = _Usage()
+    usage = _Usage(chat)
     for epoch in range(epochs):
         for item in tqdm(train, desc=f"ace offline epoch {epoch + 1}", unit="item", leave=False):
             rendered = pb.render(suite.question(item))
             ans = suite.answer(chat, item, rendered.text)
             usage.run(
                 lambda item=item, ans=ans, r=rendered: _learn(
-                    pb, chat, suite, item, ans, ans.feedback_label, list(r.bullet_ids)
+                    pb, chat, suite, item, ans, ans.feedback_label, list(r.bullet_ids), usage.meter
                 )
             )
     accuracy, seconds = evaluate(chat, suite, test, lambda q: pb.render(q).text, desc="ace offline test")
@@ -246,7 +263,7 @@ def _ace_offline(
 
 def _ace_online(chat: BaseChatModel, suite: Suite, train: list[Any], test: list[Any], out: Path) -> AdaptRow:
     pb = _open_playbook(out / f"{suite.name}_ace_online.sqlite3")
-    usage = _Usage()
+    usage = _Usage(chat)
     start = time.perf_counter()
     correct = 0
     for item in tqdm(test, desc="ace online", unit="item", leave=False):
@@ -255,7 +272,7 @@ def _ace_online(chat: BaseChatModel, suite: Suite, train: list[Any], test: list[
         correct += ans.correct
         usage.run(
             lambda item=item, ans=ans, r=rendered: _learn(
-                pb, chat, suite, item, ans, ans.feedback_plain, list(r.bullet_ids)
+                pb, chat, suite, item, ans, ans.feedback_plain, list(r.bullet_ids), usage.meter
             )
         )
     total = time.perf_counter() - start
@@ -274,7 +291,7 @@ def _ace_online(chat: BaseChatModel, suite: Suite, train: list[Any], test: list[
 
 def _dc_rewrite(chat: BaseChatModel, suite: Suite, test: list[Any], max_lines: int = 12) -> AdaptRow:
     sheet = ""
-    usage = _Usage()
+    usage = _Usage(chat)
     start = time.perf_counter()
     correct = 0
     for item in tqdm(test, desc="dc rewrite", unit="item", leave=False):
