@@ -187,7 +187,8 @@ class FactBaseStore(BaseStore):
                 if isinstance(op, GetOp):
                     results.append(self._get(op))
                 elif isinstance(op, PutOp):
-                    results.append(self._put(op))
+                    self._put(op)
+                    results.append(None)
                 elif isinstance(op, SearchOp):
                     results.append(self._search(op))
                 elif isinstance(op, ListNamespacesOp):

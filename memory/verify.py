@@ -292,7 +292,8 @@ def looks_like_instruction(text: str) -> bool:
 
 def strip_instructions(text: str) -> tuple[str, list[str]]:
     """(text without instruction-like sentences, the removed sentences)."""
-    kept, removed = [], []
+    kept: list[str] = []
+    removed: list[str] = []
     for sentence in split_sentences(text):
         (removed if looks_like_instruction(sentence) else kept).append(sentence)
     return " ".join(kept), removed
