@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from factflow.agent.cli_eval import eval_app
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
 
 __all__ = ["bfcl", "adapt", "appworld"]
 
@@ -17,7 +21,7 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _chat(max_new_tokens: int | None) -> object:
+def _chat(max_new_tokens: int | None) -> BaseChatModel:
     from factflow.agent.cli import load_settings
     from factflow.serving.engines import load_chat_model
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from langchain_core.messages import HumanMessage
 
 __all__ = ["main"]
 
@@ -45,7 +49,7 @@ def _hf(model_path: str, max_tokens: int, concurrency: int) -> tuple[float, floa
     return single_tps, total / (time.perf_counter() - t0)
 
 
-def _human(text: str) -> object:
+def _human(text: str) -> HumanMessage:
     from langchain_core.messages import HumanMessage
 
     return HumanMessage(content=text)

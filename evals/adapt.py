@@ -18,6 +18,7 @@ train/test. Reported per method: test accuracy, adaptation tokens, adaptation an
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -242,8 +243,9 @@ def _ace_offline(
             rendered = pb.render(suite.question(item))
             ans = suite.answer(chat, item, rendered.text)
             usage.run(
-                lambda item=item, ans=ans, r=rendered: _learn(
-                    pb, chat, suite, item, ans, ans.feedback_label, list(r.bullet_ids), usage.meter
+                functools.partial(
+                    _learn, pb, chat, suite, item, ans, ans.feedback_label, list(rendered.bullet_ids),
+                    usage.meter,
                 )
             )
     accuracy, seconds = evaluate(chat, suite, test, lambda q: pb.render(q).text, desc="ace offline test")
@@ -271,8 +273,8 @@ def _ace_online(chat: BaseChatModel, suite: Suite, train: list[Any], test: list[
         ans = suite.answer(chat, item, rendered.text)
         correct += ans.correct
         usage.run(
-            lambda item=item, ans=ans, r=rendered: _learn(
-                pb, chat, suite, item, ans, ans.feedback_plain, list(r.bullet_ids), usage.meter
+            functools.partial(
+                _learn, pb, chat, suite, item, ans, ans.feedback_plain, list(rendered.bullet_ids), usage.meter
             )
         )
     total = time.perf_counter() - start
@@ -303,7 +305,7 @@ def _dc_rewrite(chat: BaseChatModel, suite: Suite, test: list[Any], max_lines: i
             answer=ans.text,
             feedback=ans.feedback_plain,
         )
-        reply = usage.run(lambda p=prompt: chat.invoke([HumanMessage(content=p)]))
+        reply = usage.run(functools.partial(chat.invoke, [HumanMessage(content=prompt)]))
         lines = [ln.strip() for ln in str(reply.content).splitlines() if ln.strip()]
         sheet = "\n".join(lines[:max_lines])  # the whole sheet is replaced: DC's full rewrite
     total = time.perf_counter() - start

@@ -21,7 +21,7 @@ import cleanly.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -90,8 +90,9 @@ def _type_ok(value: Any, possible: list[Any], expected: type, nested: type | Non
     if type(value) is expected:
         if nested is None:
             return True, is_variable
+        items = cast("list[Any]", value)  # `type(value) is expected` narrowed it to object; it's a list
         for answer in possible:
-            if isinstance(answer, list) and all(_type_ok(item, answer, nested, None)[0] for item in value):
+            if isinstance(answer, list) and all(_type_ok(item, answer, nested, None)[0] for item in items):
                 return True, is_variable
         return False, is_variable
     if answer_type is not None and type(value) is answer_type:

@@ -154,7 +154,8 @@ def generate_suite(n: int = 48, seed: int = 0) -> list[RuleItem]:
 def split_suite(items: list[RuleItem], train_share: float = 0.5) -> tuple[list[RuleItem], list[RuleItem]]:
     """Split within each rule, so every rule appears in both halves (given 2+ items per rule)."""
     seen: dict[str, int] = {}
-    train, test = [], []
+    train: list[RuleItem] = []
+    test: list[RuleItem] = []
     for item in items:
         k = seen.get(item.rule_id, 0)
         seen[item.rule_id] = k + 1

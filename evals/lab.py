@@ -20,7 +20,7 @@ import random
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
@@ -32,7 +32,14 @@ from factflow.evals.lab_routes import ROUTES, Answerer, RouteBudget, learn, rout
 
 __all__ = ["LabConfig", "RunRow", "ANCHORS", "run_lab", "quick_config", "write_report", "load_rows"]
 
-ANCHORS = [
+class Anchor(TypedDict):
+    route: str
+    recall: float
+    retention: float
+    kl: float
+
+
+ANCHORS: list[Anchor] = [
     {"route": "in-weight (paper)", "recall": 0.997, "retention": 0.76, "kl": 7.9},
     {"route": "in-tool (paper)", "recall": 0.96, "retention": 0.998, "kl": 0.03},
 ]

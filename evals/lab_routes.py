@@ -102,19 +102,6 @@ def _chat_prompt_ids(tokenizer: Any, question: str, notes: str | None) -> list[i
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-class _ProxySource:
-    """`ProxyTunedLM` (prefill/decode) as a `factflow.serving.generate` logits source (start/step)."""
-
-    def __init__(self, lm: Any) -> None:
-        self.lm = lm
-
-    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.lm.prefill(input_ids, attention_mask)  # type: ignore[no-any-return]
-
-    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.lm.decode(tokens.view(-1))  # type: ignore[no-any-return]
-
-
 class HFAnswerer(Answerer):
     """Greedy answers from one HF model (or a proxy logits source), optionally with per-query notes.
 
@@ -399,10 +386,11 @@ def _proxy(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudg
                                   alpha=budget.proxy_alpha))
 
     def logits(x: torch.Tensor) -> torch.Tensor:
-        zb, ze, za = (m(input_ids=x).logits.float() for m in lm.models)
+        zb, ze, za = (m(input_ids=x).logits.float() for m in (lm.base, lm.expert, lm.anti_expert))
         return zb + lm.alpha * (ze - za)
 
-    ans = HFAnswerer(lm.base, lm.tokenizer, budget, source=_ProxySource(lm), logits=logits)
+    # ProxySource.start() resets its three KV caches, so one source serves every batch
+    ans = HFAnswerer(lm.base, lm.tokenizer, budget, source=lm.source(), logits=logits)
     ans.trainable_params = sum(p.numel() for p in lm.expert.parameters() if p.requires_grad) - sum(
         p.numel() for p in lm.expert.get_input_embeddings().parameters()
     )  # embeddings stay frozen in tune_expert

@@ -22,7 +22,9 @@ from factflow.settings import Settings, get_settings
 __all__ = ["load_chat_model", "VLLMChatModel", "vllm_base_url"]
 
 
-class VLLMChatModel(StructuredOutputMixin, ChatOpenAI):
+# The mixin's bind_tools/with_structured_output take the BaseChatModel signatures; langchain-openai's
+# overrides add provider keywords, so mypy sees the two bases as incompatible. The mixin's win (MRO).
+class VLLMChatModel(StructuredOutputMixin, ChatOpenAI):  # type: ignore[misc]
     """ChatOpenAI against a vLLM server; JSON-schema output through vLLM structured outputs."""
 
     def _bind_json_schema(self, schema: dict[str, Any]) -> Runnable:

@@ -212,6 +212,7 @@ def generate_stream(
         if matchers:
             import xgrammar as xgr
 
+            assert bitmask is not None  # allocated together with the matchers
             for i, m in enumerate(matchers):
                 if rows[i].finish is None:
                     m.fill_next_token_bitmask(bitmask, i)

@@ -91,7 +91,8 @@ def pull_default_model(settings: Settings, *, force: bool = False) -> Path:
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
         # The GGUF loader marks the model as quantized; a plain fp32 save must forget that.
-        model.hf_quantizer = None
+        # transformers leaves `hf_quantizer` undeclared, so mypy types it by nn.Module's `Tensor | Module`
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)

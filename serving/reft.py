@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -87,14 +87,18 @@ class LoReFT(nn.Module):
         # much per decode step: outside training R is computed once and reused.
         self._frozen_R: torch.Tensor | None = None
 
+    def _rotation(self) -> torch.Tensor:
+        # computed by the parametrization on each access; torch types Module attributes `Tensor | Module`
+        return cast(torch.Tensor, self.rotate.weight)
+
     @property
     def R(self) -> torch.Tensor:  # noqa: N802 - the paper's name
         if self.training or torch.is_grad_enabled():
             self._frozen_R = None
-            return self.rotate.weight
+            return self._rotation()
         w = self.source.weight
         if self._frozen_R is None or self._frozen_R.dtype != w.dtype or self._frozen_R.device != w.device:
-            self._frozen_R = self.rotate.weight.detach()
+            self._frozen_R = self._rotation().detach()
         return self._frozen_R
 
     def train(self, mode: bool = True) -> LoReFT:
@@ -572,11 +576,13 @@ def train_reft(
     was_training = model.training
     model.eval()  # base dropout off: only the interventions learn
 
-    rows = []
+    rows: list[tuple[list[int], list[int]]] = []
     for ex in examples:
-        p = _prompt_ids(tokenizer, ex.prompt, tc.chat_template)
-        c = _completion_ids(tokenizer, ex.completion, tc.chat_template)
-        rows.append((p[-(tc.max_length - min(len(c), tc.max_length // 2)) :], c[: tc.max_length // 2]))
+        prompt = _prompt_ids(tokenizer, ex.prompt, tc.chat_template)
+        comp = _completion_ids(tokenizer, ex.completion, tc.chat_template)
+        rows.append(
+            (prompt[-(tc.max_length - min(len(comp), tc.max_length // 2)) :], comp[: tc.max_length // 2])
+        )
     rng = random.Random(tc.seed)
     shuffled = rows[:]
     rng.shuffle(shuffled)
@@ -684,7 +690,8 @@ def greedy_generate(
     """Greedy continuation of one tokenized prompt (no padding, so it matches vLLM token for token)."""
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)
-    out = model.generate(
+    # a Hugging Face causal LM: nn.Module itself declares no `generate`
+    out = cast(Any, model).generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         max_new_tokens=max_new_tokens,

@@ -82,11 +82,15 @@ class ProxyTunedForCausalLM(nn.Module):
         self.alpha = float(proxy["alpha"])
         self.paths = {role: str(proxy[role]) for role in _ROLES}
         self.hidden = int(hf_config.hidden_size)
-        self.base = LlamaForCausalLM(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "base"))
-        self.expert = LlamaForCausalLM(
+        # vLLM's SupportsLoRA declares `lora_manager` abstract, so mypy calls LlamaForCausalLM abstract;
+        # vLLM itself instantiates it the same way.
+        self.base = LlamaForCausalLM(  # type: ignore[abstract]
+            vllm_config=vllm_config, prefix=maybe_prefix(prefix, "base")
+        )
+        self.expert = LlamaForCausalLM(  # type: ignore[abstract]
             vllm_config=_pair_config(vllm_config, self.paths["expert"]), prefix=maybe_prefix(prefix, "expert")
         )
-        self.anti_expert = LlamaForCausalLM(
+        self.anti_expert = LlamaForCausalLM(  # type: ignore[abstract]
             vllm_config=_pair_config(vllm_config, self.paths["anti_expert"]),
             prefix=maybe_prefix(prefix, "anti_expert"),
         )

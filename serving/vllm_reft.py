@@ -33,6 +33,11 @@ __all__ = ["ReftLlamaForCausalLM", "ResidualLoReFT"]
 class ResidualLoReFT(nn.Module):
     """Frozen LoReFT for inference: buffers (W - R) (r, d), b (r,), R (r, d)."""
 
+    # registered as buffers below; declared so they type as tensors, not `Tensor | Module`
+    W_minus_R: torch.Tensor
+    b: torch.Tensor
+    R: torch.Tensor
+
     def __init__(self, R: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> None:  # noqa: N803
         super().__init__()
         dtype = torch.get_default_dtype()  # vLLM sets it to the model dtype while building
