@@ -155,7 +155,8 @@ def serve(
         host=settings.host,
         port=settings.port,
         dtype=settings.dtype,
-        extra_args=["--enforce-eager"] if eager else [],
+        # The plugin models (LoReFT, proxy) are verified in eager mode only; compiled mode is untested.
+        extra_args=["--enforce-eager"] if eager or reft is not None or proxy is not None else [],
         log_path=settings.home / "logs" / f"vllm-{settings.port}.log",
     )
     with console.status(f"starting vLLM on {served} (45-60 s on a CPU)..."):
