@@ -140,6 +140,18 @@ def _fill(template: str, **values: str) -> str:
     return template
 
 
+ROLE_MAX_TOKENS = 512  # a reflection or delta cut off by a short answer cap can never parse
+
+
+def _structured(chat_model: Any, schema: type[BaseModel]) -> Any:
+    """factflow's engines take a per-output token cap; any other chat model gets its default."""
+    from factflow.serving.structured import StructuredOutputMixin
+
+    if isinstance(chat_model, StructuredOutputMixin):
+        return chat_model.with_structured_output(schema, max_tokens=ROLE_MAX_TOKENS)
+    return chat_model.with_structured_output(schema)
+
+
 def call_structured(
     chat_model: Any, schema: type[BaseModel], prompt: str, role: str, meter: UsageMeter | None = None
 ) -> tuple[BaseModel | None, str | None]:
@@ -151,7 +163,7 @@ def call_structured(
         t0 = time.perf_counter()
         out: Any = None
         try:
-            out = chat_model.with_structured_output(schema).invoke([HumanMessage(content=prompt)])
+            out = _structured(chat_model, schema).invoke([HumanMessage(content=prompt)])
             if isinstance(out, BaseModel) and not isinstance(out, schema):
                 out = out.model_dump()
             obj = out if isinstance(out, schema) else schema.model_validate(out)

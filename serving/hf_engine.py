@@ -226,5 +226,5 @@ class TransformersChatModel(StructuredOutputMixin, BaseChatModel):
         conversations = [self._convert_input(i).to_messages() for i in inputs]
         return list(self.generate_batch(conversations, **kwargs))
 
-    def _bind_json_schema(self, schema: dict[str, Any]) -> Runnable:
-        return self.bind(json_schema=schema)
+    def _bind_json_schema(self, schema: dict[str, Any], max_tokens: int | None = None) -> Runnable:
+        return self.bind(json_schema=schema, **({"max_tokens": max_tokens} if max_tokens else {}))

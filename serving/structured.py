@@ -41,7 +41,9 @@ def _as_messages(value: Any) -> list[BaseMessage]:
 class StructuredOutputMixin:
     """Needs `_bind_json_schema(schema) -> Runnable[messages, AIMessage]` from the engine."""
 
-    def _bind_json_schema(self, schema: dict[str, Any]) -> Runnable:  # pragma: no cover - abstract
+    def _bind_json_schema(
+        self, schema: dict[str, Any], max_tokens: int | None = None
+    ) -> Runnable:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def with_structured_output(  # type: ignore[override]
@@ -49,10 +51,15 @@ class StructuredOutputMixin:
         schema: type[BaseModel] | dict[str, Any],
         *,
         include_raw: bool = False,
+        max_tokens: int | None = None,
         **kwargs: Any,
     ) -> Runnable:
-        """Constrained decoding to `schema`; returns the pydantic object (or dict for a dict schema)."""
-        bound = self._bind_json_schema(schema_of(schema))
+        """Constrained decoding to `schema`; returns the pydantic object (or dict for a dict schema).
+
+        `max_tokens` overrides the model's answer cap for this output: a JSON object cut off by the
+        cap can never parse, so callers that need long objects (the ACE roles) raise it here.
+        """
+        bound = self._bind_json_schema(schema_of(schema), max_tokens)
 
         def parse(message: AIMessage) -> Any:
             text = message.content if isinstance(message.content, str) else json.dumps(message.content)
