@@ -386,7 +386,7 @@ class Playbook:
         allowed = set(shown_ids) | set(rendered.bullet_ids)
         ops = [op for _, r in reflections for op in tag_ops(r, allowed)]
         curated, notes = Curator(chat_model, meter=meter).curate(
-            reflections, rendered.text, list(state.sections)
+            reflections, rendered.text, list(state.sections), add_only=not rendered.bullet_ids
         )
         skipped = list(notes)
         if curated is not None:

@@ -94,14 +94,18 @@ class CuratorOutput(_Out):
 
 
 @lru_cache(maxsize=16)
-def _curator_schema(sections: tuple[str, ...]) -> type[BaseModel]:
+def _curator_schema(sections: tuple[str, ...], add_only: bool = False) -> type[BaseModel]:
     """CuratorOutput whose `section` is an enum of the playbook's sections (constrained decoding
-    then cannot invent one)."""
+    then cannot invent one). `add_only` when the Curator sees no bullets: UPDATE/MERGE/REMOVE need
+    ids it has not got, and a 135M model otherwise emits them anyway (seen: MERGE with no ids)."""
     section_t: Any = Literal[sections]  # type: ignore[valid-type]
+    type_t: Any = Literal["ADD"] if add_only else Literal["ADD", "UPDATE", "MERGE", "REMOVE"]
     op = create_model(
         "CuratorOperation",
         __base__=CuratorOperation,
+        type=(type_t, ...),
         section=(section_t, sections[0]),
+        content=(_S300, ...),  # required: with a default the model leaves ADD content out
     )
     return create_model(
         "CuratorOutput",
@@ -141,6 +145,9 @@ def _fill(template: str, **values: str) -> str:
 
 
 ROLE_MAX_TOKENS = 512  # a reflection or delta cut off by a short answer cap can never parse
+# Without a penalty SmolLM2-135M repeats one sentence inside "diagnosis" until ROLE_MAX_TOKENS
+# (2 of 3 reflections in a probe); at 1.1 all 3 closed their JSON in 32-51 tokens.
+ROLE_REPETITION_PENALTY = 1.1
 
 
 def _structured(chat_model: Any, schema: type[BaseModel]) -> Any:
@@ -148,7 +155,9 @@ def _structured(chat_model: Any, schema: type[BaseModel]) -> Any:
     from factflow.serving.structured import StructuredOutputMixin
 
     if isinstance(chat_model, StructuredOutputMixin):
-        return chat_model.with_structured_output(schema, max_tokens=ROLE_MAX_TOKENS)
+        return chat_model.with_structured_output(
+            schema, max_tokens=ROLE_MAX_TOKENS, repetition_penalty=ROLE_REPETITION_PENALTY
+        )
     return chat_model.with_structured_output(schema)
 
 
@@ -229,9 +238,14 @@ class Curator:
         self.chat_model, self.meter = chat_model, meter
 
     def curate(
-        self, reflections: list[tuple[str, Reflection]], playbook_text: str, sections: list[str]
+        self,
+        reflections: list[tuple[str, Reflection]],
+        playbook_text: str,
+        sections: list[str],
+        add_only: bool = False,
     ) -> tuple[list[DeltaOp] | None, list[str]]:
-        """Ops for a batch of (question, reflection) pairs; (None, [reason]) when skipped."""
+        """Ops for a batch of (question, reflection) pairs; (None, [reason]) when skipped.
+        `add_only` restricts the ops to ADD (the caller shows no bullets to edit)."""
         block = "\n".join(
             f"- question: {q}\n  diagnosis: {r.diagnosis}\n  key insight: {r.key_insight}"
             for q, r in reflections
@@ -242,7 +256,7 @@ class Curator:
             playbook=playbook_text or "(empty)",
             reflections=block,
         )
-        schema = _curator_schema(tuple(sections))
+        schema = _curator_schema(tuple(sections), add_only)
         out, reason = call_structured(self.chat_model, schema, prompt, "curator", self.meter)
         if out is None:
             return None, [reason or "curator skipped"]

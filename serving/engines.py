@@ -27,10 +27,14 @@ __all__ = ["load_chat_model", "VLLMChatModel", "vllm_base_url"]
 class VLLMChatModel(StructuredOutputMixin, ChatOpenAI):  # type: ignore[misc]
     """ChatOpenAI against a vLLM server; JSON-schema output through vLLM structured outputs."""
 
-    def _bind_json_schema(self, schema: dict[str, Any], max_tokens: int | None = None) -> Runnable:
+    def _bind_json_schema(
+        self, schema: dict[str, Any], max_tokens: int | None = None, repetition_penalty: float | None = None
+    ) -> Runnable:
         fmt = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
-        cap = {"max_completion_tokens": max_tokens} if max_tokens else {}
-        return self.bind(response_format=fmt, **cap)
+        extra: dict[str, Any] = {"max_completion_tokens": max_tokens} if max_tokens else {}
+        if repetition_penalty:
+            extra["extra_body"] = {"repetition_penalty": repetition_penalty}  # a vLLM sampling param
+        return self.bind(response_format=fmt, **extra)
 
     def count_tokens(self, text: str) -> int:
         """Tokens by the served model's own tokenizer (vLLM's /tokenize), not tiktoken's guess."""

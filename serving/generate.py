@@ -40,6 +40,9 @@ class GenerationParams(BaseModel):
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # vLLM's semantics: logits of tokens already in the prompt or output are divided by it (or
+    # multiplied when negative). >1 breaks the loops a small model falls into in long JSON strings.
+    repetition_penalty: float = Field(1.0, gt=0.0)
     stop: list[str] = Field(default_factory=list)
     json_schema: dict[str, Any] | None = None
     seed: int | None = None
@@ -155,6 +158,15 @@ class _RowState:
         self.stop = list(stop)
 
 
+def _penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    width = min(logits.shape[-1], seen.shape[-1])
+    part, mask = logits[:, :width], seen[:, :width]
+    penalized = torch.where(part > 0, part / penalty, part * penalty)
+    logits = logits.clone()
+    logits[:, :width] = torch.where(mask, penalized, part)
+    return logits
+
+
 def _sample(logits: torch.Tensor, params: GenerationParams, gen: torch.Generator | None) -> torch.Tensor:
     if params.temperature == 0.0:
         return logits.argmax(dim=-1)
@@ -206,9 +218,17 @@ def generate_stream(
         matchers = [xgr.GrammarMatcher(compiled) for _ in prompts]
         bitmask = xgr.allocate_token_bitmask(batch, vs)
 
+    seen = None
+    if params.repetition_penalty != 1.0:
+        seen = torch.zeros((batch, vocab_size or len(tokenizer)), dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            seen[i, list(p)] = True
+
     logits = source.start(input_ids, attention_mask)
     for step in range(params.max_new_tokens):
         logits = logits.float()
+        if seen is not None:
+            logits = _penalize(logits, seen, params.repetition_penalty)
         if matchers:
             import xgrammar as xgr
 
@@ -223,6 +243,8 @@ def generate_stream(
             if row.finish is not None:
                 continue
             tok = int(tokens[i])
+            if seen is not None:
+                seen[i, tok] = True
             grammar_done = False
             if matchers:
                 matchers[i].accept_token(tok)

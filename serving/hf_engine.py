@@ -138,6 +138,7 @@ class TransformersChatModel(StructuredOutputMixin, BaseChatModel):
             ),
             temperature=float(kwargs.get("temperature", self.temperature)),
             top_p=float(kwargs.get("top_p", self.top_p)),
+            repetition_penalty=float(kwargs.get("repetition_penalty") or 1.0),
             stop=list(stop or kwargs.get("stop") or []),
             json_schema=kwargs.get("json_schema"),
             seed=kwargs.get("seed", self.seed),
@@ -226,5 +227,10 @@ class TransformersChatModel(StructuredOutputMixin, BaseChatModel):
         conversations = [self._convert_input(i).to_messages() for i in inputs]
         return list(self.generate_batch(conversations, **kwargs))
 
-    def _bind_json_schema(self, schema: dict[str, Any], max_tokens: int | None = None) -> Runnable:
-        return self.bind(json_schema=schema, **({"max_tokens": max_tokens} if max_tokens else {}))
+    def _bind_json_schema(
+        self, schema: dict[str, Any], max_tokens: int | None = None, repetition_penalty: float | None = None
+    ) -> Runnable:
+        extra: dict[str, Any] = {"max_tokens": max_tokens} if max_tokens else {}
+        if repetition_penalty:
+            extra["repetition_penalty"] = repetition_penalty
+        return self.bind(json_schema=schema, **extra)

@@ -42,7 +42,7 @@ class StructuredOutputMixin:
     """Needs `_bind_json_schema(schema) -> Runnable[messages, AIMessage]` from the engine."""
 
     def _bind_json_schema(
-        self, schema: dict[str, Any], max_tokens: int | None = None
+        self, schema: dict[str, Any], max_tokens: int | None = None, repetition_penalty: float | None = None
     ) -> Runnable:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -52,14 +52,17 @@ class StructuredOutputMixin:
         *,
         include_raw: bool = False,
         max_tokens: int | None = None,
+        repetition_penalty: float | None = None,
         **kwargs: Any,
     ) -> Runnable:
         """Constrained decoding to `schema`; returns the pydantic object (or dict for a dict schema).
 
         `max_tokens` overrides the model's answer cap for this output: a JSON object cut off by the
         cap can never parse, so callers that need long objects (the ACE roles) raise it here.
+        `repetition_penalty` (vLLM semantics, both engines) keeps a small model from looping inside
+        a JSON string until that cap.
         """
-        bound = self._bind_json_schema(schema_of(schema), max_tokens)
+        bound = self._bind_json_schema(schema_of(schema), max_tokens, repetition_penalty)
 
         def parse(message: AIMessage) -> Any:
             text = message.content if isinstance(message.content, str) else json.dumps(message.content)

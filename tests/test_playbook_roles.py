@@ -75,7 +75,7 @@ def test_learn_tags_and_curates_through_validated_ops(tmp_path: Path) -> None:
                     "operations": [
                         {"type": "ADD", "section": "common_mistakes", "content": "forgetting the carry"},
                         {"type": "UPDATE", "bullet_ids": [], "content": "no id given"},
-                        {"type": "REMOVE", "bullet_ids": ["form-00077"]},
+                        {"type": "REMOVE", "bullet_ids": ["form-00077"], "content": ""},
                     ]
                 }
             ],

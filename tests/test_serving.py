@@ -98,6 +98,17 @@ def test_greedy_parity_between_engines(hf_chat, vllm_chat) -> None:
 
 
 @pytest.mark.vllm
+def test_repetition_penalty_has_vllm_semantics(hf_chat, vllm_chat) -> None:
+    """Our decode loop penalizes prompt and output tokens exactly as vLLM does (greedy parity)."""
+    prompt = "List the days of the week, then list them again."
+    hf = hf_chat.invoke(prompt, repetition_penalty=1.3, max_tokens=40).content
+    vl = vllm_chat.invoke(prompt, extra_body={"repetition_penalty": 1.3}, max_tokens=40).content
+    plain = hf_chat.invoke(prompt, max_tokens=40).content
+    assert hf == vl
+    assert hf != plain
+
+
+@pytest.mark.vllm
 def test_vllm_stream_chunks_join_to_full_text(vllm_chat) -> None:
     full = vllm_chat.invoke("Name three primary colors.").content
     chunks = [c.content for c in vllm_chat.stream("Name three primary colors.")]
