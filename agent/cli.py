@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -161,11 +162,14 @@ def serve(
         extra_args=["--enforce-eager"] if eager or reft is not None or proxy is not None else [],
         log_path=settings.home / "logs" / f"vllm-{settings.port}.log",
     )
-    with console.status(f"starting vLLM on {served} (45-60 s on a CPU)..."):
-        server.start()
-    console.print(f"vLLM listening on [bold]{server.base_url}[/] (model name 'factflow'); Ctrl-C stops it")
-    console.print(f"use it: FACTFLOW_ENGINE=vllm FACTFLOW_BASE_URL={server.base_url} factflow chat")
+    # vLLM runs in its own process group, so a plain SIGTERM to us would orphan it (seen: `kill` of
+    # a serve left three busy-polling vLLM workers behind): treat SIGTERM like Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
+        with console.status(f"starting vLLM on {served} (45-60 s on a CPU)..."):
+            server.start()
+        console.print(f"vLLM listening on [bold]{server.base_url}[/] (model 'factflow'); Ctrl-C stops it")
+        console.print(f"use it: FACTFLOW_ENGINE=vllm FACTFLOW_BASE_URL={server.base_url} factflow chat")
         while server.process is not None and server.process.poll() is None:
             time.sleep(1.0)
         raise UserError(f"vLLM stopped unexpectedly (log: {server.log_path})")
@@ -173,6 +177,10 @@ def serve(
         console.print("stopping vLLM...")
     finally:
         server.stop()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command()

@@ -210,3 +210,43 @@ def test_interrupted_pull_leaves_no_half_model(tmp_path: Path, monkeypatch: pyte
     assert list((tmp_path / "models").iterdir()) == []  # the temp dir is gone too
     with pytest.raises(UserError, match="factflow models pull"):
         resolve_model(settings, pull=False)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_serve_stops_vllm_on_sigterm(tmp_path: Path) -> None:
+    """`kill` of `factflow serve` must not orphan vLLM (it runs in its own process group)."""
+    import os
+    import signal
+    import time
+
+    import httpx
+
+    from factflow.serving.vllm_server import free_port
+
+    port = free_port()
+    env = {**os.environ, "FACTFLOW_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "factflow.agent.cli", "serve", "--port", str(port), "--eager"], env=env
+    )
+    url = f"http://127.0.0.1:{port}/health"
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(2)
+        else:
+            pytest.fail("vLLM did not become healthy")
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=120) == 0
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url, timeout=2)
+        time.sleep(2)
+        left = subprocess.run(["pgrep", "-f", f"api_server.*--port {port}"], capture_output=True, text=True)
+        assert left.stdout.strip() == "", f"vLLM processes left behind: {left.stdout}"
+    finally:
+        if serve.poll() is None:
+            serve.kill()
