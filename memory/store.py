@@ -619,6 +619,41 @@ class FactStore:
             clauses.append(where)
         return {"$and": clauses}
 
+    def _dense(
+        self, col: Any, embedding: Any, n_cand: int, k: int, where: dict[str, Any] | None
+    ) -> tuple[list[str], dict[str, str]]:
+        """Dense candidates (ids, id -> origin) among valid facts.
+
+        A Chroma `where` makes HNSW search pre-filter every record: 455 ms vs 16 ms unfiltered at
+        30k facts. Validity rarely removes a hit, so query unfiltered, drop invalid hits here, and
+        pay for the filtered query only when too few valid ones are left (or the caller filters).
+        """
+        now = time.time()
+
+        def query(flt: dict[str, Any] | None, n_results: int) -> Any:
+            try:
+                return col.query(
+                    query_embeddings=embedding, n_results=n_results, where=flt, include=["metadatas"]
+                )
+            except Exception as exc:
+                if where:
+                    msg = f"bad metadata filter {where!r} ({exc}): use Chroma where syntax"
+                    raise UserError(msg) from None
+                raise
+
+        if not where:
+            res = query(None, min(int(col.count()), 2 * n_cand))
+            hits = [
+                (i, m["origin"])
+                for i, m in zip(res["ids"][0], res["metadatas"][0], strict=True)
+                if m["valid_from"] <= now < m["valid_to"]
+            ][:n_cand]
+            if len(hits) >= min(k, n_cand):
+                return [i for i, _ in hits], dict(hits)
+        res = query(self._valid_where(where), n_cand)
+        ids = res["ids"][0]
+        return ids, {i: m["origin"] for i, m in zip(ids, res["metadatas"][0], strict=True)}
+
     def search(
         self,
         query: str,
@@ -638,19 +673,7 @@ class FactStore:
         if n == 0:
             return []
         n_cand = min(n, max(4 * k, 20))
-        try:
-            dense_res = col.query(
-                query_embeddings=self._embed([query]),
-                n_results=n_cand,
-                where=self._valid_where(where),
-                include=["metadatas"],
-            )
-        except Exception as exc:
-            if where:
-                raise UserError(f"bad metadata filter {where!r} ({exc}): use Chroma where syntax") from None
-            raise
-        dense = dense_res["ids"][0]
-        origins = {i: m["origin"] for i, m in zip(dense, dense_res["metadatas"][0], strict=True)}
+        dense, origins = self._dense(col, self._embed([query]), n_cand, k, where)
 
         lex = self._lexical(ns)
         now = time.time()

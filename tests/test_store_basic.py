@@ -58,6 +58,18 @@ def test_invalidate_keeps_history_and_hides_fact(store: FactStore) -> None:
         store.invalidate("f-does-not-exist")
 
 
+def test_search_finds_the_valid_fact_behind_many_superseded_ones(store: FactStore) -> None:
+    """Dense search runs unfiltered for speed; when superseded hits crowd out every candidate it
+    must fall back to the validity-filtered query, never return nothing or an invalid fact."""
+    fact = store.teach("Acme Corp has 1 office.")
+    for n in range(2, 50):  # 48 superseded versions: more than the unfiltered candidate pool
+        fact = store.teach(f"Acme Corp has {n} offices.", supersedes=fact.id)
+    store.teach("Bananas are rich in potassium.")
+    hits = store.search("How many offices does Acme Corp have?", k=2)
+    assert fact.id in [h.fact.id for h in hits]
+    assert all(h.fact.is_valid() for h in hits)
+
+
 LOOKALIKES = ["john_doe", "john-doe", "John_Doe", "john.doe", "johndoe", "john__doe", "john-doe-"]
 
 
