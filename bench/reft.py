@@ -34,8 +34,8 @@ FACTS = Path(__file__).with_name("reft_facts.jsonl")
 
 
 @torch.no_grad()
-def _hf_tok_per_s(model: Any, prompts: list[list[int]], new_tokens: int) -> float:
-    n, t0 = 0, time.perf_counter()
+def _hf_tok_per_s(model: Any, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[list[int]]]:
+    n, t0, outs = 0, time.perf_counter(), []
     for p in prompts:
         ids = torch.tensor([p])
         out = model.generate(
@@ -43,10 +43,11 @@ def _hf_tok_per_s(model: Any, prompts: list[list[int]], new_tokens: int) -> floa
             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
         )  # fmt: skip
         n += out.shape[1] - ids.shape[1]
-    return n / (time.perf_counter() - t0)
+        outs.append(out[0, ids.shape[1] :].tolist())
+    return n / (time.perf_counter() - t0), outs
 
 
-def _vllm_tok_per_s(folder: str, prompts: list[list[int]], new_tokens: int) -> float:
+def _vllm_tok_per_s(folder: str, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[str]]:
     import httpx
 
     from factflow.serving.vllm_server import SERVED_MODEL_NAME, VLLMServer
@@ -55,12 +56,13 @@ def _vllm_tok_per_s(folder: str, prompts: list[list[int]], new_tokens: int) -> f
         body = {"model": SERVED_MODEL_NAME, "max_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True}
         warm = {**body, "prompt": prompts[0]}
         httpx.post(f"{server.base_url}/completions", json=warm, timeout=300).raise_for_status()
-        n, t0 = 0, time.perf_counter()
+        n, t0, texts = 0, time.perf_counter(), []
         for p in prompts:  # one request at a time: single-stream decode speed
             r = httpx.post(f"{server.base_url}/completions", json={**body, "prompt": p}, timeout=300)
             r.raise_for_status()
             n += int(r.json()["usage"]["completion_tokens"])
-        return n / (time.perf_counter() - t0)
+            texts.append(str(r.json()["choices"][0]["text"]))
+        return n / (time.perf_counter() - t0), texts
 
 
 def run(
@@ -98,13 +100,21 @@ def run(
         "prompts": n_prompts,
     }
     _hf_tok_per_s(model, prompts[:1], 4)  # warm up
-    result["hf_base"] = _hf_tok_per_s(model, prompts, new_tokens)
+    result["hf_base"], _ = _hf_tok_per_s(model, prompts, new_tokens)
     with ReftAdapter.load(adapter_dir).attach(model):
-        result["hf_reft"] = _hf_tok_per_s(model, prompts, new_tokens)
+        result["hf_reft"], hf_ids = _hf_tok_per_s(model, prompts, new_tokens)
     if vllm:
-        result["vllm_base"] = _vllm_tok_per_s(model_path, prompts, new_tokens)
+        result["vllm_base"], base_texts = _vllm_tok_per_s(model_path, prompts, new_tokens)
         served = prepare_vllm_folder(model_path, adapter_dir, work / "served")
-        result["vllm_reft"] = _vllm_tok_per_s(str(served), prompts, new_tokens)
+        result["vllm_reft"], reft_texts = _vllm_tok_per_s(str(served), prompts, new_tokens)
+        # The server here runs compiled (not --enforce-eager): check the adapter really acts there.
+        # Prefixes only: past an EOS, HF's min_new_tokens and vLLM's ignore_eos pick different tokens.
+        prefixes = [tok.decode(ids[:8], skip_special_tokens=True) for ids in hf_ids]
+        pairs = zip(base_texts, reft_texts, strict=True)
+        result["vllm_reft_differs_from_base"] = sum(a != b for a, b in pairs)
+        result["vllm_reft_matches_hf_reft_prefix"] = sum(
+            t.startswith(p) for p, t in zip(prefixes, reft_texts, strict=True)
+        )
     return result
 
 
@@ -115,6 +125,13 @@ def _table(r: dict[str, Any]) -> str:
             base, reft = r[f"{key}_base"], r[f"{key}_reft"]
             lines.append(f"| {engine} | {base:.1f} | {reft:.1f} | {100 * (base - reft) / base:+.1f}% |")
     lines.append("")
+    if "vllm_reft_differs_from_base" in r:
+        n, differ = r["prompts"], r["vllm_reft_differs_from_base"]
+        match = r["vllm_reft_matches_hf_reft_prefix"]
+        lines.append(
+            f"compiled vLLM + adapter: output differs from base on {differ}/{n} prompts; "
+            f"first 8 tokens match transformers + adapter on {match}/{n}"
+        )
     lines.append(
         f"training: {r['seconds_per_epoch']:.1f} s/epoch on 16 facts "
         f"({r['trainable_params']:,} trainable parameters)"
