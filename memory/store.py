@@ -620,7 +620,7 @@ class FactStore:
         return {"$and": clauses}
 
     def _dense(
-        self, col: Any, embedding: Any, n_cand: int, k: int, where: dict[str, Any] | None
+        self, col: Any, embedding: Any, n: int, n_cand: int, k: int, where: dict[str, Any] | None
     ) -> tuple[list[str], dict[str, str]]:
         """Dense candidates (ids, id -> origin) among valid facts.
 
@@ -642,7 +642,7 @@ class FactStore:
                 raise
 
         if not where:
-            res = query(None, min(int(col.count()), 2 * n_cand))
+            res = query(None, min(n, 2 * n_cand))
             hits = [
                 (i, m["origin"])
                 for i, m in zip(res["ids"][0], res["metadatas"][0], strict=True)
@@ -673,7 +673,7 @@ class FactStore:
         if n == 0:
             return []
         n_cand = min(n, max(4 * k, 20))
-        dense, origins = self._dense(col, self._embed([query]), n_cand, k, where)
+        dense, origins = self._dense(col, self._embed([query]), n, n_cand, k, where)
 
         lex = self._lexical(ns)
         now = time.time()
