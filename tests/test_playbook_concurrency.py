@@ -7,6 +7,7 @@ process opens its own connection (they do: a fresh `Playbook.open` in the child)
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import random
@@ -96,7 +97,7 @@ def test_8_processes_x_200_deltas_lose_nothing(tmp_path: Path) -> None:
     check_all_accounted(path)
 
 
-def _crash_writer(path: Path, acked: mp.sharedctypes.Synchronized, started: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
+def _crash_writer(path: Path, acked: ctypes.c_longlong, started: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
     pb = open_pb(path)
     started.set()
     i = 0
@@ -114,7 +115,9 @@ def test_sigkill_50_times_keeps_last_committed_version(tmp_path: Path) -> None:
     rng = random.Random(1234)
     prev = 1
     for _round in range(50):
-        acked = CTX.Value("q", -1)
+        # lock=False: a child SIGKILLed while holding the Value's lock would deadlock our next read
+        # of it forever (this hung CI once); an aligned 8-byte store needs no lock.
+        acked = CTX.Value("q", -1, lock=False)
         started = CTX.Event()
         p = CTX.Process(target=_crash_writer, args=(path, acked, started))
         p.start()
