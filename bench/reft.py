@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -47,22 +48,37 @@ def _hf_tok_per_s(model: Any, prompts: list[list[int]], new_tokens: int) -> tupl
     return n / (time.perf_counter() - t0), outs
 
 
-def _vllm_tok_per_s(folder: str, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[str]]:
+def _vllm_tok_per_s(
+    folder: str, prompts: list[list[int]], new_tokens: int, *, rounds: int, eager: bool
+) -> tuple[list[float], list[str]]:
+    """Single-stream tokens/s of each of `rounds` passes over the prompts, and the last pass's texts."""
     import httpx
 
     from factflow.serving.vllm_server import SERVED_MODEL_NAME, VLLMServer
 
-    with VLLMServer(folder, max_model_len=512, startup_timeout=1500) as server:
+    extra = ["--enforce-eager"] if eager else []
+    with VLLMServer(folder, max_model_len=512, startup_timeout=1500, extra_args=extra) as server:
         body = {"model": SERVED_MODEL_NAME, "max_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True}
         warm = {**body, "prompt": prompts[0]}
         httpx.post(f"{server.base_url}/completions", json=warm, timeout=300).raise_for_status()
-        n, t0, texts = 0, time.perf_counter(), []
-        for p in prompts:  # one request at a time: single-stream decode speed
-            r = httpx.post(f"{server.base_url}/completions", json={**body, "prompt": p}, timeout=300)
-            r.raise_for_status()
-            n += int(r.json()["usage"]["completion_tokens"])
-            texts.append(str(r.json()["choices"][0]["text"]))
-        return n / (time.perf_counter() - t0), texts
+        rates: list[float] = []
+        texts: list[str] = []
+        for _ in range(rounds):
+            n, t0, texts = 0, time.perf_counter(), []
+            for p in prompts:  # one request at a time: single-stream decode speed
+                r = httpx.post(f"{server.base_url}/completions", json={**body, "prompt": p}, timeout=300)
+                r.raise_for_status()
+                n += int(r.json()["usage"]["completion_tokens"])
+                texts.append(str(r.json()["choices"][0]["text"]))
+            rates.append(n / (time.perf_counter() - t0))
+        return rates, texts
+
+
+def _prefix_matches(tok: Any, hf_ids: list[list[int]], texts: list[str]) -> int:
+    """How many vLLM texts start with the first 8 tokens transformers generated for the same prompt.
+    Prefixes only: past an EOS, HF's min_new_tokens and vLLM's ignore_eos pick different tokens."""
+    prefixes = [tok.decode(ids[:8], skip_special_tokens=True) for ids in hf_ids]
+    return sum(t.startswith(p) for p, t in zip(prefixes, texts, strict=True))
 
 
 def run(
@@ -71,7 +87,8 @@ def run(
     new_tokens: int = 64,
     n_prompts: int = 4,
     epochs: int = 3,
-    vllm: bool = True,
+    vllm_modes: tuple[str, ...] = ("eager",),
+    rounds: int = 5,
     adapter: Path | None = None,
 ) -> dict[str, Any]:
     from factflow.serving.hf_engine import load_hf_model
@@ -100,38 +117,65 @@ def run(
         "prompts": n_prompts,
     }
     _hf_tok_per_s(model, prompts[:1], 4)  # warm up
-    result["hf_base"], _ = _hf_tok_per_s(model, prompts, new_tokens)
-    with ReftAdapter.load(adapter_dir).attach(model):
-        result["hf_reft"], hf_ids = _hf_tok_per_s(model, prompts, new_tokens)
-    if vllm:
-        result["vllm_base"], base_texts = _vllm_tok_per_s(model_path, prompts, new_tokens)
-        served = prepare_vllm_folder(model_path, adapter_dir, work / "served")
-        result["vllm_reft"], reft_texts = _vllm_tok_per_s(str(served), prompts, new_tokens)
-        # The server here runs compiled (not --enforce-eager): check the adapter really acts there.
-        # Prefixes only: past an EOS, HF's min_new_tokens and vLLM's ignore_eos pick different tokens.
-        prefixes = [tok.decode(ids[:8], skip_special_tokens=True) for ids in hf_ids]
-        pairs = zip(base_texts, reft_texts, strict=True)
-        result["vllm_reft_differs_from_base"] = sum(a != b for a, b in pairs)
-        result["vllm_reft_matches_hf_reft_prefix"] = sum(
-            t.startswith(p) for p, t in zip(prefixes, reft_texts, strict=True)
+    # Rounds alternate base / adapter so slow drift of the machine hits both sides alike.
+    hf_base, hf_reft = [], []
+    adapter_obj = ReftAdapter.load(adapter_dir)
+    for _ in range(rounds):
+        rate, hf_base_ids = _hf_tok_per_s(model, prompts, new_tokens)
+        hf_base.append(rate)
+        with adapter_obj.attach(model):
+            rate, hf_ids = _hf_tok_per_s(model, prompts, new_tokens)
+        hf_reft.append(rate)
+    result["hf_base"], result["hf_reft"] = hf_base, hf_reft
+    served = prepare_vllm_folder(model_path, adapter_dir, work / "served") if vllm_modes else None
+    for mode in vllm_modes:
+        eager = mode == "eager"
+        result[f"vllm_{mode}_base"], base_texts = _vllm_tok_per_s(
+            model_path, prompts, new_tokens, rounds=rounds, eager=eager
         )
+        result[f"vllm_{mode}_reft"], reft_texts = _vllm_tok_per_s(
+            str(served), prompts, new_tokens, rounds=rounds, eager=eager
+        )
+        # Does the adapter act, and does vLLM agree with transformers? The base-vs-base check tells
+        # an adapter bug apart from plain numeric drift of the engine.
+        pairs = zip(base_texts, reft_texts, strict=True)
+        result[f"vllm_{mode}_reft_differs_from_base"] = sum(a != b for a, b in pairs)
+        result[f"vllm_{mode}_base_matches_hf_base_prefix"] = _prefix_matches(tok, hf_base_ids, base_texts)
+        result[f"vllm_{mode}_reft_matches_hf_reft_prefix"] = _prefix_matches(tok, hf_ids, reft_texts)
     return result
 
 
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
 def _table(r: dict[str, Any]) -> str:
-    lines = ["| engine | base tok/s | + LoReFT tok/s | overhead |", "| --- | --- | --- | --- |"]
-    for engine, key in (("transformers", "hf"), ("vLLM", "vllm")):
+    lines = [
+        f"median of {len(r['hf_base'])} rounds x {r['prompts']} prompts x {r['new_tokens']} tokens "
+        "(min-max in brackets)",
+        "",
+        "| engine | base tok/s | + LoReFT tok/s | overhead (median) |",
+        "| --- | --- | --- | --- |",
+    ]
+    engines = [("transformers", "hf")] + [(f"vLLM ({m})", f"vllm_{m}") for m in ("eager", "compiled")]
+    for engine, key in engines:
         if f"{key}_base" in r:
             base, reft = r[f"{key}_base"], r[f"{key}_reft"]
-            lines.append(f"| {engine} | {base:.1f} | {reft:.1f} | {100 * (base - reft) / base:+.1f}% |")
+            mb, mr = _median(base), _median(reft)
+            lines.append(
+                f"| {engine} | {mb:.1f} [{min(base):.1f}-{max(base):.1f}] | {mr:.1f} [{min(reft):.1f}-"
+                f"{max(reft):.1f}] | {100 * (mb - mr) / mb:+.1f}% |"
+            )
     lines.append("")
-    if "vllm_reft_differs_from_base" in r:
-        n, differ = r["prompts"], r["vllm_reft_differs_from_base"]
-        match = r["vllm_reft_matches_hf_reft_prefix"]
-        lines.append(
-            f"compiled vLLM + adapter: output differs from base on {differ}/{n} prompts; "
-            f"first 8 tokens match transformers + adapter on {match}/{n}"
-        )
+    n = r["prompts"]
+    for mode in ("eager", "compiled"):
+        if f"vllm_{mode}_reft_differs_from_base" in r:
+            lines.append(
+                f"vLLM ({mode}) + adapter: output differs from base on "
+                f"{r[f'vllm_{mode}_reft_differs_from_base']}/{n} prompts; first 8 tokens match "
+                f"transformers: base {r[f'vllm_{mode}_base_matches_hf_base_prefix']}/{n}, "
+                f"+ adapter {r[f'vllm_{mode}_reft_matches_hf_reft_prefix']}/{n}"
+            )
     lines.append(
         f"training: {r['seconds_per_epoch']:.1f} s/epoch on 16 facts "
         f"({r['trainable_params']:,} trainable parameters)"
@@ -147,13 +191,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--no-vllm", action="store_true", help="Only the transformers engine.")
+    parser.add_argument(
+        "--vllm-modes", default="eager",
+        help="Comma-separated vLLM modes to measure: eager (what `serve --reft` runs), compiled; '' = none.",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5, help="Passes over the prompts per side (median).")
     parser.add_argument("--json", type=Path, help="Also write the numbers here.")
     parser.add_argument("--adapter", type=Path, help="Use this trained adapter instead of training one.")
     args = parser.parse_args(argv)
+    modes = tuple(m for m in args.vllm_modes.split(",") if m)
+    if unknown := set(modes) - {"eager", "compiled"}:
+        parser.error(f"unknown --vllm-modes {sorted(unknown)}; use eager, compiled or both (comma-separated)")
     result = run(
         resolve_model(get_settings()), new_tokens=args.new_tokens, n_prompts=args.prompts,
-        epochs=args.epochs, vllm=not args.no_vllm, adapter=args.adapter,
+        epochs=args.epochs, adapter=args.adapter, rounds=args.rounds,
+        vllm_modes=modes,
     )  # fmt: skip
     print(_table(result))
     if args.json:
