@@ -32,11 +32,12 @@ from factflow.serving.reft import (
 __all__ = ["main", "run"]
 
 FACTS = Path(__file__).with_name("reft_facts.jsonl")
+PARITY_TOKENS = 16
 
 
 @torch.no_grad()
-def _hf_tok_per_s(model: Any, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[list[int]]]:
-    n, t0, outs = 0, time.perf_counter(), []
+def _hf_tok_per_s(model: Any, prompts: list[list[int]], new_tokens: int) -> float:
+    n, t0 = 0, time.perf_counter()
     for p in prompts:
         ids = torch.tensor([p])
         out = model.generate(
@@ -44,14 +45,26 @@ def _hf_tok_per_s(model: Any, prompts: list[list[int]], new_tokens: int) -> tupl
             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
         )  # fmt: skip
         n += out.shape[1] - ids.shape[1]
-        outs.append(out[0, ids.shape[1] :].tolist())
-    return n / (time.perf_counter() - t0), outs
+    return n / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def _hf_answers(model: Any, tok: Any, prompts: list[list[int]]) -> list[str]:
+    """Plain greedy answers (stop at EOS, at most PARITY_TOKENS): what parity is checked on."""
+    texts = []
+    for p in prompts:
+        ids = torch.tensor([p])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=PARITY_TOKENS,
+                             do_sample=False, pad_token_id=0)  # fmt: skip
+        texts.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    return texts
 
 
 def _vllm_tok_per_s(
     folder: str, prompts: list[list[int]], new_tokens: int, *, rounds: int, eager: bool
 ) -> tuple[list[float], list[str]]:
-    """Single-stream tokens/s of each of `rounds` passes over the prompts, and the last pass's texts."""
+    """Single-stream tokens/s of each of `rounds` passes over the prompts (EOS ignored, so both sides
+    decode the same number of tokens), then the plain greedy answers for the parity check."""
     import httpx
 
     from factflow.serving.vllm_server import SERVED_MODEL_NAME, VLLMServer
@@ -62,23 +75,20 @@ def _vllm_tok_per_s(
         warm = {**body, "prompt": prompts[0]}
         httpx.post(f"{server.base_url}/completions", json=warm, timeout=300).raise_for_status()
         rates: list[float] = []
-        texts: list[str] = []
         for _ in range(rounds):
-            n, t0, texts = 0, time.perf_counter(), []
+            n, t0 = 0, time.perf_counter()
             for p in prompts:  # one request at a time: single-stream decode speed
                 r = httpx.post(f"{server.base_url}/completions", json={**body, "prompt": p}, timeout=300)
                 r.raise_for_status()
                 n += int(r.json()["usage"]["completion_tokens"])
-                texts.append(str(r.json()["choices"][0]["text"]))
             rates.append(n / (time.perf_counter() - t0))
+        answer = {**body, "max_tokens": PARITY_TOKENS, "ignore_eos": False}
+        texts = []
+        for p in prompts:
+            r = httpx.post(f"{server.base_url}/completions", json={**answer, "prompt": p}, timeout=300)
+            r.raise_for_status()
+            texts.append(str(r.json()["choices"][0]["text"]))
         return rates, texts
-
-
-def _prefix_matches(tok: Any, hf_ids: list[list[int]], texts: list[str]) -> int:
-    """How many vLLM texts start with the first 8 tokens transformers generated for the same prompt.
-    Prefixes only: past an EOS, HF's min_new_tokens and vLLM's ignore_eos pick different tokens."""
-    prefixes = [tok.decode(ids[:8], skip_special_tokens=True) for ids in hf_ids]
-    return sum(t.startswith(p) for p, t in zip(prefixes, texts, strict=True))
 
 
 def run(
@@ -121,12 +131,13 @@ def run(
     hf_base, hf_reft = [], []
     adapter_obj = ReftAdapter.load(adapter_dir)
     for _ in range(rounds):
-        rate, hf_base_ids = _hf_tok_per_s(model, prompts, new_tokens)
-        hf_base.append(rate)
+        hf_base.append(_hf_tok_per_s(model, prompts, new_tokens))
         with adapter_obj.attach(model):
-            rate, hf_ids = _hf_tok_per_s(model, prompts, new_tokens)
-        hf_reft.append(rate)
+            hf_reft.append(_hf_tok_per_s(model, prompts, new_tokens))
     result["hf_base"], result["hf_reft"] = hf_base, hf_reft
+    hf_base_texts = _hf_answers(model, tok, prompts)
+    with adapter_obj.attach(model):
+        hf_reft_texts = _hf_answers(model, tok, prompts)
     served = prepare_vllm_folder(model_path, adapter_dir, work / "served") if vllm_modes else None
     for mode in vllm_modes:
         eager = mode == "eager"
@@ -136,12 +147,13 @@ def run(
         result[f"vllm_{mode}_reft"], reft_texts = _vllm_tok_per_s(
             str(served), prompts, new_tokens, rounds=rounds, eager=eager
         )
-        # Does the adapter act, and does vLLM agree with transformers? The base-vs-base check tells
-        # an adapter bug apart from plain numeric drift of the engine.
+        # Does the adapter act, and does vLLM give transformers' greedy answers exactly? The
+        # base-vs-base check tells an adapter bug apart from numeric drift of the engine itself.
         pairs = zip(base_texts, reft_texts, strict=True)
         result[f"vllm_{mode}_reft_differs_from_base"] = sum(a != b for a, b in pairs)
-        result[f"vllm_{mode}_base_matches_hf_base_prefix"] = _prefix_matches(tok, hf_base_ids, base_texts)
-        result[f"vllm_{mode}_reft_matches_hf_reft_prefix"] = _prefix_matches(tok, hf_ids, reft_texts)
+        result[f"vllm_{mode}_base_matches_hf"] = sum(map(str.__eq__, hf_base_texts, base_texts))
+        result[f"vllm_{mode}_reft_matches_hf"] = sum(map(str.__eq__, hf_reft_texts, reft_texts))
+        result[f"vllm_{mode}_reft_texts"] = reft_texts
     return result
 
 
@@ -172,9 +184,9 @@ def _table(r: dict[str, Any]) -> str:
         if f"vllm_{mode}_reft_differs_from_base" in r:
             lines.append(
                 f"vLLM ({mode}) + adapter: output differs from base on "
-                f"{r[f'vllm_{mode}_reft_differs_from_base']}/{n} prompts; first 8 tokens match "
-                f"transformers: base {r[f'vllm_{mode}_base_matches_hf_base_prefix']}/{n}, "
-                f"+ adapter {r[f'vllm_{mode}_reft_matches_hf_reft_prefix']}/{n}"
+                f"{r[f'vllm_{mode}_reft_differs_from_base']}/{n} prompts; greedy answers "
+                f"({PARITY_TOKENS} tokens) identical to transformers: base "
+                f"{r[f'vllm_{mode}_base_matches_hf']}/{n}, + adapter {r[f'vllm_{mode}_reft_matches_hf']}/{n}"
             )
     lines.append(
         f"training: {r['seconds_per_epoch']:.1f} s/epoch on 16 facts "

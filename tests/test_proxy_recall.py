@@ -3,7 +3,8 @@
 The pair is made the way a user makes it: `distill_anti_expert` (first 4 of the base's 30 layers,
 distilled on the base's own outputs), then `tune_expert` on 16 fictional facts. Recall of those
 facts is measured on the base alone and proxy-tuned; retention on 20 questions the base answers
-correctly. Both numbers are printed (run with -s) and asserted.
+correctly (the first 20 of CANDIDATES it gets right). Both numbers are printed (run with -s) and
+asserted.
 """
 
 from __future__ import annotations
@@ -66,28 +67,49 @@ FACTS = [
     ),
 ]
 
-# Questions the base answers correctly (checked below, so a model change can't silently pass).
-KNOWN = [
-    ("What is the capital of France?", "paris"),
-    ("What is the capital of Japan?", "tokyo"),
-    ("What is the capital of Italy?", "rome"),
+# Candidate general-knowledge questions; the test keeps the first 20 the base answers correctly.
+# None is among DISTILL_PROMPTS, the keep term's prompts: retention is measured on unseen questions.
+CANDIDATES = [
     ("What is the capital of Germany?", "berlin"),
+    ("What is the capital of Italy?", "rome"),
     ("What is the capital of Spain?", "madrid"),
-    ("What is the largest planet in our solar system?", "jupiter"),
-    ("Who wrote Romeo and Juliet?", "shakespeare"),
+    ("What is the capital of Russia?", "moscow"),
+    ("What is the capital of Greece?", "athens"),
+    ("What is the capital of China?", "beijing"),
+    ("What is the capital of England?", "london"),
+    ("What is the capital of Egypt?", "cairo"),
+    ("What is the capital of Canada?", "ottawa"),
     ("What color is the sky on a clear day?", "blue"),
+    ("What color is grass?", "green"),
     ("What planet do we live on?", "earth"),
-    ("Who painted the Mona Lisa?", "leonardo|da vinci"),
-    ("What is the largest ocean on Earth?", "pacific"),
     ("What animal is known as the king of the jungle?", "lion"),
     ("Which planet is known as the Red Planet?", "mars"),
-    ("What is the capital of Russia?", "moscow"),
     ("What do bees make?", "honey"),
     ("What is the tallest mountain in the world?", "everest"),
-    ("What is the capital of Greece?", "athens"),
     ("What star is at the center of our solar system?", "sun"),
     ("What is frozen water called?", "ice"),
-    ("What is the capital of China?", "beijing"),
+    ("How many legs does a spider have?", "eight|8"),
+    ("How many days are in a week?", "seven|7"),
+    ("How many hours are in a day?", "24|twenty-four"),
+    ("How many continents are there?", "seven|7"),
+    ("Who was the first president of the United States?", "washington"),
+    ("Who developed the theory of relativity?", "einstein"),
+    ("Who formulated the law of universal gravitation?", "newton"),
+    ("What language is spoken in France?", "french"),
+    ("What is the currency of the United States?", "dollar"),
+    ("Which continent is Egypt in?", "africa"),
+    ("What is the main ingredient of guacamole?", "avocado"),
+    ("What is the hardest natural substance?", "diamond"),
+    ("Which metal is liquid at room temperature?", "mercury"),
+    ("What gas do plants absorb from the air?", "carbon dioxide|co2"),
+    ("What is the largest country by area?", "russia"),
+    ("What is the opposite of hot?", "cold"),
+    ("Which animal is known for saying moo?", "cow"),
+    ("What is the largest mammal?", "whale"),
+    ("What is the primary language of Germany?", "german"),
+    ("What is the capital of Australia?", "canberra"),
+    ("Who invented the telephone?", "bell"),
+    ("What is the largest desert in the world?", "sahara|antarctic"),
 ]
 ALPHA = 1.0
 PARAMS = GenerationParams(max_new_tokens=24)
@@ -117,14 +139,9 @@ def test_expert_raises_recall_and_keeps_known_answers(model_path: str, tmp_path:
     facts = [(q, key) for q, _, key in FACTS]
     base_recall = sum(score(facts, proxy=False)) / len(facts)
     proxy_recall = sum(score(facts, proxy=True)) / len(facts)
-    base_known = score(KNOWN, proxy=False)
-    proxy_known = score(KNOWN, proxy=True)
-    retained = sum(p for b, p in zip(base_known, proxy_known, strict=True) if b) / max(1, sum(base_known))
-    print(
-        f"\nrecall base={base_recall:.2f} proxy={proxy_recall:.2f}; "
-        f"base known={sum(base_known)}/{len(KNOWN)} "
-        f"retained under proxy={retained:.2f}"
-    )
-    assert sum(base_known) >= 18  # precondition: these are questions the base gets right
+    known = [c for c, ok in zip(CANDIDATES, score(CANDIDATES, proxy=False), strict=True) if ok][:20]
+    assert len(known) == 20, f"precondition: the base answers only {len(known)} candidates correctly"
+    retained = sum(score(known, proxy=True)) / len(known)
+    print(f"\nrecall base={base_recall:.2f} proxy={proxy_recall:.2f}; known answers kept={retained:.2f}")
     assert proxy_recall >= base_recall + 0.5
     assert retained >= 0.9
