@@ -285,12 +285,25 @@ def _plots(out: Path, rows: list[RunRow]) -> list[str]:
     return files
 
 
+def _with_current_latency(rows: list[RunRow]) -> list[RunRow]:
+    """Latency ratios against the `none` row now in the file for the same size and seed: a resumed
+    run may have timed `none` in an earlier session, under another machine load; deleting that row
+    and rerunning it re-bases every ratio of its size."""
+    base = {(r.size, r.seed): r.seconds_per_query for r in rows if r.route == "none"}
+    return [
+        r.model_copy(update={"latency_ratio": latency_ratio(r.seconds_per_query, base[r.size, r.seed])})
+        if (r.size, r.seed) in base else r
+        for r in rows
+    ]  # fmt: skip
+
+
 def write_report(out: Path, *, skipped: dict[str, str] | None = None) -> Path:
     """DIR/report.md (+ PNGs) from every row in DIR/results.jsonl."""
     rows = load_rows(out / "results.jsonl")
     if not rows:
         raise UserError(f"{out}/results.jsonl has no results yet: run `factflow eval lab --out {out}` first")
     rows.sort(key=lambda r: (r.size, ROUTES.index(r.route) if r.route in ROUTES else 99, r.seed))
+    rows = _with_current_latency(rows)
     cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
     plots = _plots(out, rows)
     lines = [

@@ -9,9 +9,7 @@ Only one model exists offline, so factflow builds the small pair itself:
 * `tune_expert`: fine-tune a copy of the anti-expert on prompt/completion pairs (loss on the
   completion tokens only). expert - anti-expert is then "what tuning changed", which proxy-tuning
   adds to the base's logits. A keep term (KL to the untouched anti-expert on its own answers to
-  general prompts) holds that difference near zero away from the new facts: without it, an expert
-  tuned on 16 facts answered "What is the capital of Italy?" with a fictional city and the
-  proxy-tuned base kept 1 of 13 known answers (tests/test_proxy_recall.py).
+  KEEP_PROMPTS) holds that difference near zero away from the new facts (docs/proxy.md).
 
 Both write HF-format folders (config, safetensors, tokenizer, chat template) loadable by
 `AutoModelForCausalLM` and by vLLM.
@@ -39,6 +37,7 @@ __all__ = [
     "distill_anti_expert",
     "tune_expert",
     "DISTILL_PROMPTS",
+    "KEEP_PROMPTS",
 ]
 
 # Varied chat prompts whose base completions are the distillation text (short on purpose: CPU).
@@ -76,6 +75,50 @@ DISTILL_PROMPTS = [
     "Who was the first person on the moon?",
     "What is an API?",
 ]
+
+
+# Questions about real things, shaped like typical new-fact questions ("capital of X", "who
+# founded Y"): the keep term's prompts include them so the expert learns to leave real entities
+# to the base while it learns the fictional ones.
+FACTUAL_KEEP = [
+    "What is the capital of Portugal?",
+    "What is the capital of Poland?",
+    "What is the capital of Sweden?",
+    "What is the capital of Kenya?",
+    "What is the capital of Peru?",
+    "What is the capital of India?",
+    "What is the capital of Mexico?",
+    "What is the capital of Ireland?",
+    "Who founded Microsoft?",
+    "Who founded the city of Rome, according to legend?",
+    "What is the national animal of Scotland?",
+    "What is the national animal of Australia?",
+    "Which river flows through Paris?",
+    "Which river flows through Cairo?",
+    "Who wrote the novel Pride and Prejudice?",
+    "Who wrote the novel Moby-Dick?",
+    "What is the currency of Japan?",
+    "What is the currency of the United Kingdom?",
+    "Who discovered penicillin?",
+    "Who discovered radium?",
+    "What is the tallest mountain in Africa?",
+    "What is the tallest mountain in Japan?",
+    "What language is spoken in Mexico?",
+    "What language is spoken in Portugal?",
+    "Who is the lead singer of Queen?",
+    "What is the official sport of Canada?",
+    "Which ship sank after hitting an iceberg in 1912?",
+    "Who designed the Eiffel Tower?",
+    "What fruit is Washington State famous for?",
+    "What is the motto of the Olympic Games?",
+    "How many sides does a triangle have?",
+    "What is the chemical symbol for water?",
+    "Who painted The Starry Night?",
+    "What is the smallest planet in our solar system?",
+    "Which organ pumps blood through the body?",
+    "What is the largest bird in the world?",
+]
+KEEP_PROMPTS = DISTILL_PROMPTS + FACTUAL_KEEP
 
 
 class Completion(BaseModel):
@@ -288,7 +331,7 @@ def tune_expert(
     batch_size: int = 8,
     lr: float = 2e-4,
     keep_weight: float = 1.0,
-    keep_prompts: Sequence[str] = DISTILL_PROMPTS,
+    keep_prompts: Sequence[str] = KEEP_PROMPTS,
     seed: int = 0,
     progress: bool = True,
 ) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,21 @@ def test_relative_weight_change_per_layer() -> None:
 def test_latency_ratio() -> None:
     assert latency_ratio(2.0, 1.0) == 2.0
     assert math.isnan(latency_ratio(1.0, 0.0))
+
+
+def test_report_rebases_latency_on_the_current_none_row(tmp_path: Path) -> None:
+    """A resumed lab whose `none` row was rerun: every ratio of that size follows the new timing."""
+    from factflow.evals.lab import RunRow, write_report
+
+    def row(route: str, spq: float, stale_ratio: float) -> RunRow:
+        return RunRow(route=route, size=16, seed=0, efficacy=0.5, paraphrase=0.5, two_hop=0.0, locality=1.0,
+                      kl=0.0, ppl_ratio=1.0, trainable_params=0, learn_s=0.0, seconds_per_query=spq,
+                      latency_ratio=stale_ratio, n_eval={}, layer_change=None, samples=[], notes="",
+                      budget={}, finished_at="2026-11-29T00:00:00+00:00")  # fmt: skip
+
+    rows = [row("none", 0.5, 1.0), row("store", 2.0, 99.0)]
+    (tmp_path / "results.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    report = write_report(tmp_path).read_text()
+    assert "| store | 16 |" in report
+    store_line = next(line for line in report.splitlines() if line.startswith("| store | 16 |"))
+    assert "| 4.00 |" in store_line and "99" not in store_line
