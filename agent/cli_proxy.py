@@ -55,9 +55,6 @@ def tune(
     out: Path = typer.Option(..., "--out", help="Folder to write the expert to."),
     epochs: int = typer.Option(20, help="Passes over the examples."),
     lr: float = typer.Option(2e-4, help="Learning rate."),
-    keep_weight: float = typer.Option(
-        1.0, min=0.0, help="Weight of the keep term (KL to the anti-expert on general prompts); 0 = off."
-    ),
 ) -> None:
     """Make the expert: fine-tune a copy of the anti-expert on prompt/completion pairs.
 
@@ -66,8 +63,7 @@ def tune(
     from factflow.agent.cli import console
     from factflow.serving.proxy_train import read_completions, tune_expert
 
-    examples = read_completions(data)
-    path = tune_expert(anti_expert, examples, out, epochs=epochs, lr=lr, keep_weight=keep_weight)
+    path = tune_expert(anti_expert, read_completions(data), out, epochs=epochs, lr=lr)
     console.print(f"expert written to {path}")
 
 

@@ -8,8 +8,7 @@ Only one model exists offline, so factflow builds the small pair itself:
   The result imitates the base's next-token distribution with a fraction of its layers.
 * `tune_expert`: fine-tune a copy of the anti-expert on prompt/completion pairs (loss on the
   completion tokens only). expert - anti-expert is then "what tuning changed", which proxy-tuning
-  adds to the base's logits. A keep term (KL to the untouched anti-expert on its own answers to
-  KEEP_PROMPTS) holds that difference near zero away from the new facts (docs/proxy.md).
+  adds to the base's logits.
 
 Both write HF-format folders (config, safetensors, tokenizer, chat template) loadable by
 `AutoModelForCausalLM` and by vLLM.
@@ -37,7 +36,6 @@ __all__ = [
     "distill_anti_expert",
     "tune_expert",
     "DISTILL_PROMPTS",
-    "KEEP_PROMPTS",
 ]
 
 # Varied chat prompts whose base completions are the distillation text (short on purpose: CPU).
@@ -75,50 +73,6 @@ DISTILL_PROMPTS = [
     "Who was the first person on the moon?",
     "What is an API?",
 ]
-
-
-# Questions about real things, shaped like typical new-fact questions ("capital of X", "who
-# founded Y"): the keep term's prompts include them so the expert learns to leave real entities
-# to the base while it learns the fictional ones.
-FACTUAL_KEEP = [
-    "What is the capital of Portugal?",
-    "What is the capital of Poland?",
-    "What is the capital of Sweden?",
-    "What is the capital of Kenya?",
-    "What is the capital of Peru?",
-    "What is the capital of India?",
-    "What is the capital of Mexico?",
-    "What is the capital of Ireland?",
-    "Who founded Microsoft?",
-    "Who founded the city of Rome, according to legend?",
-    "What is the national animal of Scotland?",
-    "What is the national animal of Australia?",
-    "Which river flows through Paris?",
-    "Which river flows through Cairo?",
-    "Who wrote the novel Pride and Prejudice?",
-    "Who wrote the novel Moby-Dick?",
-    "What is the currency of Japan?",
-    "What is the currency of the United Kingdom?",
-    "Who discovered penicillin?",
-    "Who discovered radium?",
-    "What is the tallest mountain in Africa?",
-    "What is the tallest mountain in Japan?",
-    "What language is spoken in Mexico?",
-    "What language is spoken in Portugal?",
-    "Who is the lead singer of Queen?",
-    "What is the official sport of Canada?",
-    "Which ship sank after hitting an iceberg in 1912?",
-    "Who designed the Eiffel Tower?",
-    "What fruit is Washington State famous for?",
-    "What is the motto of the Olympic Games?",
-    "How many sides does a triangle have?",
-    "What is the chemical symbol for water?",
-    "Who painted The Starry Night?",
-    "What is the smallest planet in our solar system?",
-    "Which organ pumps blood through the body?",
-    "What is the largest bird in the world?",
-]
-KEEP_PROMPTS = DISTILL_PROMPTS + FACTUAL_KEEP
 
 
 class Completion(BaseModel):
@@ -277,8 +231,10 @@ def distill_anti_expert(
         for batch in _batches(texts, batch_size, rng):
             ids, mask = _pad(batch, tokenizer.pad_token_id)
             with torch.no_grad():
-                teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-            loss = _kl(teacher_logits, student(input_ids=ids, attention_mask=mask).logits, mask)
+                t_logp = F.log_softmax(teacher(input_ids=ids, attention_mask=mask).logits, -1)  # (B, T, V)
+            s_logp = F.log_softmax(student(input_ids=ids, attention_mask=mask).logits, -1)  # (B, T, V)
+            kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # (B, T)
+            loss = (kl * mask).sum() / mask.sum()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -302,26 +258,6 @@ def distill_anti_expert(
     )
 
 
-def _own_answers(model: Any, tokenizer: Any, prompts: Sequence[str], tokens: int) -> list[list[int]]:
-    """Chat-formatted prompts followed by the model's own greedy answers (the keep term's text)."""
-    texts = []
-    with torch.inference_mode():
-        for p in prompts:
-            head = _chat_ids(tokenizer, p)[0]
-            ids = torch.tensor([head])
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            texts.append(out[0].tolist())
-    return texts
-
-
-def _kl(reference_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(p_ref || p) per real token, averaged: 0 when the two models agree everywhere."""
-    ref_logp, logp = F.log_softmax(reference_logits, -1), F.log_softmax(logits, -1)
-    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)  # (B, T)
-    return (kl * mask).sum() / mask.sum()
-
-
 def tune_expert(
     anti_expert_dir: str | Path,
     examples: Sequence[Completion | dict[str, str]],
@@ -330,17 +266,10 @@ def tune_expert(
     epochs: int = 20,
     batch_size: int = 8,
     lr: float = 2e-4,
-    keep_weight: float = 1.0,
-    keep_prompts: Sequence[str] = KEEP_PROMPTS,
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Fine-tune a copy of the anti-expert on prompt/completion pairs (completion tokens only).
-
-    Each step adds `keep_weight` x KL(anti-expert || expert) on the anti-expert's own answers to a
-    batch of `keep_prompts`, so the expert only departs from the anti-expert where the examples
-    ask it to (0 turns the keep term off: plain fine-tuning).
-    """
+    """Fine-tune a copy of the anti-expert on prompt/completion pairs (completion tokens only)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
@@ -350,10 +279,6 @@ def tune_expert(
         raise UserError("tune_expert needs at least one prompt/completion example")
     tokenizer = AutoTokenizer.from_pretrained(str(anti_expert_dir))
     model = AutoModelForCausalLM.from_pretrained(str(anti_expert_dir), dtype=torch.float32)
-    keep_texts: list[list[int]] = []
-    if keep_weight > 0 and keep_prompts:
-        reference = AutoModelForCausalLM.from_pretrained(str(anti_expert_dir), dtype=torch.float32).eval()
-        keep_texts = _own_answers(reference, tokenizer, keep_prompts, tokens=24)
     model.get_input_embeddings().weight.requires_grad_(False)  # same token space as the anti-expert
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -370,13 +295,6 @@ def tune_expert(
                 labels[i, :start] = -100  # learn the answer, not the question
             labels[mask == 0] = -100
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            if keep_texts:
-                keep_ids, keep_mask = _pad(rng.sample(keep_texts, min(batch_size, len(keep_texts))),
-                                           tokenizer.pad_token_id)  # fmt: skip
-                with torch.no_grad():
-                    ref_logits = reference(input_ids=keep_ids, attention_mask=keep_mask).logits
-                keep = _kl(ref_logits, model(input_ids=keep_ids, attention_mask=keep_mask).logits, keep_mask)
-                loss = loss + keep_weight * keep
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -394,7 +312,6 @@ def tune_expert(
             "anti_expert": str(anti_expert_dir),
             "examples": len(rows),
             "epochs": epochs,
-            "keep_weight": keep_weight if keep_texts else 0.0,
             "final_loss": loss.item(),
         },
     )
