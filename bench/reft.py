@@ -157,10 +157,6 @@ def run(
     return result
 
 
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def _table(r: dict[str, Any]) -> str:
     lines = [
         f"median of {len(r['hf_base'])} rounds x {r['prompts']} prompts x {r['new_tokens']} tokens "
@@ -173,7 +169,7 @@ def _table(r: dict[str, Any]) -> str:
     for engine, key in engines:
         if f"{key}_base" in r:
             base, reft = r[f"{key}_base"], r[f"{key}_reft"]
-            mb, mr = _median(base), _median(reft)
+            mb, mr = statistics.median(base), statistics.median(reft)
             lines.append(
                 f"| {engine} | {mb:.1f} [{min(base):.1f}-{max(base):.1f}] | {mr:.1f} [{min(reft):.1f}-"
                 f"{max(reft):.1f}] | {100 * (mb - mr) / mb:+.1f}% |"
