@@ -33,6 +33,7 @@ __all__ = ["main", "run"]
 
 FACTS = Path(__file__).with_name("reft_facts.jsonl")
 PARITY_TOKENS = 16
+VLLM_MODES = ("eager", "compiled")  # eager is what `factflow serve --reft` runs
 
 
 @torch.no_grad()
@@ -60,7 +61,7 @@ def _hf_answers(model: Any, tok: Any, prompts: list[list[int]]) -> list[str]:
     return texts
 
 
-def _vllm_tok_per_s(
+def _vllm_rates_and_answers(
     folder: str, prompts: list[list[int]], new_tokens: int, *, rounds: int, eager: bool
 ) -> tuple[list[float], list[str]]:
     """Single-stream tokens/s of each of `rounds` passes over the prompts (EOS ignored, so both sides
@@ -141,10 +142,10 @@ def run(
     served = prepare_vllm_folder(model_path, adapter_dir, work / "served") if vllm_modes else None
     for mode in vllm_modes:
         eager = mode == "eager"
-        result[f"vllm_{mode}_base"], base_texts = _vllm_tok_per_s(
+        result[f"vllm_{mode}_base"], base_texts = _vllm_rates_and_answers(
             model_path, prompts, new_tokens, rounds=rounds, eager=eager
         )
-        result[f"vllm_{mode}_reft"], reft_texts = _vllm_tok_per_s(
+        result[f"vllm_{mode}_reft"], reft_texts = _vllm_rates_and_answers(
             str(served), prompts, new_tokens, rounds=rounds, eager=eager
         )
         # Does the adapter act, and does vLLM give transformers' greedy answers exactly? The
@@ -165,7 +166,7 @@ def _table(r: dict[str, Any]) -> str:
         "| engine | base tok/s | + LoReFT tok/s | overhead (median) |",
         "| --- | --- | --- | --- |",
     ]
-    engines = [("transformers", "hf")] + [(f"vLLM ({m})", f"vllm_{m}") for m in ("eager", "compiled")]
+    engines = [("transformers", "hf")] + [(f"vLLM ({m})", f"vllm_{m}") for m in VLLM_MODES]
     for engine, key in engines:
         if f"{key}_base" in r:
             base, reft = r[f"{key}_base"], r[f"{key}_reft"]
@@ -176,7 +177,7 @@ def _table(r: dict[str, Any]) -> str:
             )
     lines.append("")
     n = r["prompts"]
-    for mode in ("eager", "compiled"):
+    for mode in VLLM_MODES:
         if f"vllm_{mode}_reft_differs_from_base" in r:
             lines.append(
                 f"vLLM ({mode}) + adapter: output differs from base on "
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapter", type=Path, help="Use this trained adapter instead of training one.")
     args = parser.parse_args(argv)
     modes = tuple(m for m in args.vllm_modes.split(",") if m)
-    if unknown := set(modes) - {"eager", "compiled"}:
+    if unknown := set(modes) - set(VLLM_MODES):
         parser.error(f"unknown --vllm-modes {sorted(unknown)}; use eager, compiled or both (comma-separated)")
     result = run(
         resolve_model(get_settings()), new_tokens=args.new_tokens, n_prompts=args.prompts,
