@@ -10,7 +10,7 @@ __all__ = ["proxy_app", "prepare_for_serving"]
 
 proxy_app = typer.Typer(
     help="Proxy-tuned decoding (base + alpha * (expert - anti-expert)). "
-    "Example: factflow proxy distill --layers 4 --out ~/pair/anti",
+    "Example: factflow proxy distill --layers 10 --out ~/pair/anti",
     no_args_is_help=True,
 )
 
@@ -28,14 +28,16 @@ def prepare_for_serving(config_path: Path, alpha: float | None = None) -> Path:
 @proxy_app.command("distill")
 def distill(
     out: Path = typer.Option(..., "--out", help="Folder to write the anti-expert to."),
-    layers: int = typer.Option(4, "--layers", "-k", help="Keep the base's first k layers."),
+    layers: int = typer.Option(
+        10, "--layers", "-k", help="Keep the base's first k layers (fewer: faster, less discerning)."
+    ),
     base: str | None = typer.Option(None, help="Base model folder (default: FACTFLOW_MODEL)."),
     epochs: int = typer.Option(3, help="Passes over the base's own outputs."),
     prompts: int = typer.Option(32, help="How many built-in prompts the base answers for distillation."),
 ) -> None:
     """Make a small anti-expert: the base's first k layers distilled on the base's own outputs.
 
-    Example: factflow proxy distill -k 4 --out ~/.cache/factflow/proxy/anti
+    Example: factflow proxy distill -k 10 --out ~/.cache/factflow/proxy/anti
     """
     from factflow.agent.cli import console, load_settings
     from factflow.serving.models import resolve_model
@@ -55,15 +57,26 @@ def tune(
     out: Path = typer.Option(..., "--out", help="Folder to write the expert to."),
     epochs: int = typer.Option(20, help="Passes over the examples."),
     lr: float = typer.Option(2e-4, help="Learning rate."),
+    retain: int = typer.Option(
+        32, help="Built-in general questions per epoch on which the expert must not change (0: off)."
+    ),
+    base: Path | None = typer.Option(
+        None, help="Model whose answers to those questions are kept (default: the anti-expert's base)."
+    ),
 ) -> None:
     """Make the expert: fine-tune a copy of the anti-expert on prompt/completion pairs.
+
+    A KL term keeps the expert equal to the anti-expert on the base's answers to general questions,
+    so the steer it adds to the base is the new facts and nothing else (docs/proxy.md).
 
     Example: factflow proxy tune facts.jsonl --anti-expert ~/pair/anti --out ~/pair/expert
     """
     from factflow.agent.cli import console
     from factflow.serving.proxy_train import read_completions, tune_expert
 
-    path = tune_expert(anti_expert, read_completions(data), out, epochs=epochs, lr=lr)
+    path = tune_expert(
+        anti_expert, read_completions(data), out, epochs=epochs, lr=lr, retain_per_epoch=retain, base=base
+    )
     console.print(f"expert written to {path}")
 
 

@@ -373,7 +373,7 @@ def _proxy(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudg
            cache_dir: Path) -> Answerer:
     from transformers import AutoModelForCausalLM
 
-    from factflow.serving.proxy import ProxyConfig, ProxyTunedLM
+    from factflow.serving.proxy import ProxyConfig, ProxyTunedLM, combine_logits
     from factflow.serving.proxy_train import tune_expert
 
     anti = _anti_expert(model_path, budget, cache_dir)
@@ -385,9 +385,9 @@ def _proxy(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudg
     lm = ProxyTunedLM(ProxyConfig(base=Path(model_path), expert=expert, anti_expert=anti,
                                   alpha=budget.proxy_alpha))
 
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        zb, ze, za = (m(input_ids=x).logits.float() for m in (lm.base, lm.expert, lm.anti_expert))
-        return zb + lm.alpha * (ze - za)
+    def logits(x: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, V)
+        zb, ze, za = (m(input_ids=x).logits for m in (lm.base, lm.expert, lm.anti_expert))
+        return combine_logits(zb, ze, za, lm.alpha, lm.config.plausibility)
 
     # ProxySource.start() resets its three KV caches, so one source serves every batch
     ans = HFAnswerer(lm.base, lm.tokenizer, budget, source=lm.source(), logits=logits)

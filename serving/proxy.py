@@ -3,7 +3,14 @@
 A small tuned *expert* steers an untouched *base* at decoding time, relative to the same small model
 untuned (the *anti-expert*):
 
-    logits_t = z_base(x_<t) + alpha * (z_expert(x_<t) - z_anti(x_<t))
+    logits_t = z_base(x_<t) + alpha * (z_expert(x_<t) - z_anti(x_<t)) * m_t
+
+m_t is factflow's one addition, a plausibility mask: the difference is added only on tokens the
+expert itself finds plausible (p_expert >= plausibility * its top token's probability). A small
+self-made pair's log-ratio is noise in the tail: tuning moved junk tokens from about -25 to -12 in
+the expert, a +13 "steer" that outvoted the base's right answer on general questions (docs/proxy.md,
+Limits). Masking the tail keeps the steer where the expert means it. `plausibility = 0` is the
+paper's formula exactly.
 
 The three models share one tokenizer (same vocabulary, same token ids) and run side by side on the
 same token stream, each with its own KV cache. The combination happens FIRST, on raw logits, and the
@@ -18,6 +25,7 @@ zero), hence the base's greedy output: that is what the tests pin down.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,9 +40,33 @@ if TYPE_CHECKING:
     from factflow.serving.generate import Completion, GenerationParams
     from factflow.serving.hf_engine import TransformersChatModel
 
-__all__ = ["ProxyConfig", "ProxySource", "ProxyTunedLM", "load_proxy_config", "PROXY_CONFIG_KEY"]
+__all__ = [
+    "ProxyConfig",
+    "ProxySource",
+    "ProxyTunedLM",
+    "combine_logits",
+    "load_proxy_config",
+    "PROXY_CONFIG_KEY",
+]
 
 PROXY_CONFIG_KEY = "factflow_proxy"  # key in a prepared vLLM folder's config.json (see proxy_prepare.py)
+
+
+def combine_logits(
+    z_base: torch.Tensor, z_expert: torch.Tensor, z_anti: torch.Tensor, alpha: float, plausibility: float
+) -> torch.Tensor:
+    """(..., V) logits of the three models -> (..., V) proxy-tuned logits, in float32.
+
+    The one definition both engines use (`ProxySource` here, `ProxyTunedForCausalLM` in vLLM).
+    p_expert(v) >= plausibility * max p_expert is z_expert(v) >= max z_expert + log(plausibility):
+    the softmax's normaliser cancels, so the mask needs no softmax.
+    """
+    z_base, z_expert, z_anti = z_base.float(), z_expert.float(), z_anti.float()
+    steer = z_expert - z_anti
+    if plausibility > 0.0:
+        floor = z_expert.amax(dim=-1, keepdim=True) + math.log(plausibility)  # (..., 1)
+        steer = steer.masked_fill(z_expert < floor, 0.0)
+    return z_base + alpha * steer
 
 
 def _read_hf_config(folder: Path) -> dict[str, Any]:
@@ -48,6 +80,7 @@ class ProxyConfig(BaseModel):
         expert = "proxy/expert"          # relative paths resolve against the config file's folder
         anti_expert = "proxy/anti"
         alpha = 1.0
+        plausibility = 0.1               # steer only tokens the expert finds plausible; 0 = every token
 
     Validation checks that the folders exist and hold HF models, that expert and anti-expert have
     the base's hidden size and vocabulary, and that all three tokenizers map text to the same ids
@@ -62,6 +95,12 @@ class ProxyConfig(BaseModel):
     expert: Path = Field(description="Small tuned model folder.")
     anti_expert: Path = Field(description="The same small model, untuned.")
     alpha: float = Field(1.0, ge=-10.0, le=10.0, description="Steering strength; 0 = base alone.")
+    plausibility: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Steer only tokens with p_expert >= plausibility * max p_expert; 0 = every token.",
+    )
 
     @field_validator("base", "expert", "anti_expert")
     @classmethod
@@ -135,18 +174,21 @@ class ProxySource:
     """`LogitsSource` of `factflow.serving.generate`: three models, one token stream, combined logits.
 
     Each model is a `CausalLMSource` with its own KV cache (the pair may have fewer layers than the
-    base, so caches can't be shared); every call returns z_base + alpha * (z_expert - z_anti).
+    base, so caches can't be shared); every call returns `combine_logits` of their three logits.
     """
 
-    def __init__(self, base: Any, expert: Any, anti_expert: Any, alpha: float) -> None:
+    def __init__(
+        self, base: Any, expert: Any, anti_expert: Any, alpha: float, plausibility: float = 0.0
+    ) -> None:
         from factflow.serving.generate import CausalLMSource
 
         self.sources = [CausalLMSource(m) for m in (base, expert, anti_expert)]
         self.alpha = alpha
+        self.plausibility = plausibility
 
     def combine(self, z_base: torch.Tensor, z_expert: torch.Tensor, z_anti: torch.Tensor) -> torch.Tensor:
-        """z = z_base + alpha * (z_expert - z_anti); all (B, V), in float32 whatever the weights."""
-        return z_base.float() + self.alpha * (z_expert.float() - z_anti.float())
+        """(B, V) x 3 -> (B, V) proxy-tuned logits, in float32 whatever the weights."""
+        return combine_logits(z_base, z_expert, z_anti, self.alpha, self.plausibility)
 
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) left-padded prompts -> (B, V) combined next-token logits."""
@@ -177,7 +219,9 @@ class ProxyTunedLM:
 
     def source(self) -> ProxySource:
         """A fresh logits source (fresh caches) for one batch."""
-        return ProxySource(self.base, self.expert, self.anti_expert, self.alpha)
+        return ProxySource(
+            self.base, self.expert, self.anti_expert, self.alpha, self.config.plausibility
+        )
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per model (tied embeddings counted once): the benchmark's ideal cost ratio."""

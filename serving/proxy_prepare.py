@@ -21,7 +21,7 @@ __all__ = ["prepare_vllm_folder", "default_prepared_dir"]
 
 
 def default_prepared_dir(config: ProxyConfig, home: Path) -> Path:
-    """HOME/proxy/<hash>: one folder per (base, expert, anti-expert, alpha)."""
+    """HOME/proxy/<hash>: one folder per (base, expert, anti-expert, alpha, plausibility)."""
     key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
     return home / "proxy" / f"vllm-{key}"
 
@@ -37,6 +37,7 @@ def prepare_vllm_folder(config: ProxyConfig, out_dir: str | Path) -> Path:
         "expert": str(config.expert),
         "anti_expert": str(config.anti_expert),
         "alpha": config.alpha,
+        "plausibility": config.plausibility,
     }
     for item in config.base.iterdir():
         if item.name == "config.json" or item.name.startswith("."):

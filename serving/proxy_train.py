@@ -7,8 +7,9 @@ Only one model exists offline, so factflow builds the small pair itself:
   KL(p_base(. | x_<t) || p_student(. | x_<t)) at every position of text the base itself wrote.
   The result imitates the base's next-token distribution with a fraction of its layers.
 * `tune_expert`: fine-tune a copy of the anti-expert on prompt/completion pairs (loss on the
-  completion tokens only). expert - anti-expert is then "what tuning changed", which proxy-tuning
-  adds to the base's logits.
+  completion tokens only), while a KL term keeps it equal to the anti-expert on the base's answers
+  to general questions. expert - anti-expert is then "what tuning changed, and nothing else",
+  which proxy-tuning adds to the base's logits.
 
 Both write HF-format folders (config, safetensors, tokenizer, chat template) loadable by
 `AutoModelForCausalLM` and by vLLM.
@@ -36,6 +37,7 @@ __all__ = [
     "distill_anti_expert",
     "tune_expert",
     "DISTILL_PROMPTS",
+    "RETAIN_PROMPTS",
 ]
 
 # Varied chat prompts whose base completions are the distillation text (short on purpose: CPU).
@@ -73,6 +75,112 @@ DISTILL_PROMPTS = [
     "Who was the first person on the moon?",
     "What is an API?",
 ]
+
+
+# General questions whose answers `tune_expert` keeps the expert from changing (the base answers them
+# at tune time). Shaped like everyday QA, the fact-shaped ones ("capital of ...") included: those are
+# where a tuned expert overreaches first.
+_RETAIN_COUNTRIES = [
+    "Portugal",
+    "Kenya",
+    "Peru",
+    "Norway",
+    "Poland",
+    "Mexico",
+    "Brazil",
+    "India",
+    "Turkey",
+    "Sweden",
+    "Cuba",
+    "Chile",
+    "Ireland",
+    "Austria",
+    "Thailand",
+    "Argentina",
+    "Belgium",
+    "Finland",
+]
+RETAIN_PROMPTS = (
+    [f"What is the capital of {c}?" for c in _RETAIN_COUNTRIES]
+    + [
+        f"What language is spoken in {c}?"
+        for c in ["Mexico", "Brazil", "Italy", "Japan", "Portugal", "Sweden"]
+    ]
+    + [
+        f"What is the currency of {c}?"
+        for c in ["Japan", "the United Kingdom", "India", "Mexico", "Switzerland"]
+    ]
+    + [
+        "Who wrote the novel Pride and Prejudice?",
+        "Who wrote the novel Moby-Dick?",
+        "Who wrote the novel 1984?",
+        "Who wrote Hamlet?",
+        "Who painted the Starry Night?",
+        "Who discovered penicillin?",
+        "Who discovered radium?",
+        "Who invented the light bulb?",
+        "Who founded Microsoft?",
+        "Who founded the city of Rome, according to legend?",
+        "Who designed the Eiffel Tower?",
+        "Who was the first man to walk on the moon?",
+        "Who composed the Moonlight Sonata?",
+        "Which river flows through Paris?",
+        "Which river flows through London?",
+        "Which river flows through Cairo?",
+        "What is the tallest mountain in Africa?",
+        "What is the tallest mountain in Japan?",
+        "What is the national animal of Australia?",
+        "What is the national animal of Scotland?",
+        "What is the official sport of Canada?",
+        "What fruit is Washington State famous for?",
+        "What is the longest river in the world?",
+        "What is the largest ocean?",
+        "What is the smallest planet?",
+        "What is the closest star to Earth?",
+        "Which planet has rings?",
+        "What is the chemical symbol for water?",
+        "What is the chemical symbol for iron?",
+        "What gas do humans breathe out?",
+        "What do cows drink?",
+        "What color is a banana?",
+        "What color is snow?",
+        "What color are strawberries?",
+        "How many legs does a dog have?",
+        "How many months are in a year?",
+        "How many minutes are in an hour?",
+        "How many sides does a triangle have?",
+        "How many planets are in the solar system?",
+        "What animal is known for its long neck?",
+        "Which animal is known as man's best friend?",
+        "What do caterpillars turn into?",
+        "What is the largest bird?",
+        "What is the fastest land animal?",
+        "What is the opposite of up?",
+        "What is the opposite of day?",
+        "What is 5 plus 3?",
+        "What is the square root of 81?",
+        "What is the main ingredient of bread?",
+        "What is cheese made from?",
+        "Which country is famous for pizza?",
+        "Which continent is Brazil in?",
+        "Which continent is Japan in?",
+        "What is the largest city in the United States?",
+        "What is the hottest planet?",
+        "Tell me about the weather in spring.",
+        "Write one sentence about friendship.",
+        "Give me a synonym for happy.",
+        "What is the plural of mouse?",
+        "Spell the word 'necessary'.",
+        "What does DNA stand for?",
+        "What is gravity?",
+        "What is a noun?",
+        "Name a fruit that is yellow.",
+        "What instrument has 88 keys?",
+        "What is the freezing point of water in Celsius?",
+        "What season comes after winter?",
+        "What is the first letter of the alphabet?",
+    ]
+)
 
 
 class Completion(BaseModel):
@@ -258,6 +366,33 @@ def distill_anti_expert(
     )
 
 
+def _recorded_base(anti_expert_dir: Path) -> Path | None:
+    """The base an anti-expert was distilled from, as `distill_anti_expert` recorded it."""
+    meta = anti_expert_dir / "factflow_proxy_train.json"
+    base = json.loads(meta.read_text()).get("base") if meta.is_file() else None
+    return Path(base) if base and (Path(base) / "config.json").is_file() else None
+
+
+def _base_answers(
+    base: Path, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, progress: bool
+) -> list[tuple[list[int], int]]:
+    """Chat ids of each prompt followed by the base's own greedy answer, and where the answer starts."""
+    from factflow.serving.generate import CausalLMSource, GenerationParams, generate
+    from factflow.serving.hf_engine import load_hf_model
+
+    model, _ = load_hf_model(str(base))
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    rows = []
+    for i in tqdm(range(0, len(prompts), 16), desc="base answers (retain set)", disable=not progress):
+        chunk = prompts[i : i + 16]
+        heads = [_chat_ids(tokenizer, p)[0] for p in chunk]
+        for prompt, done in zip(
+            chunk, generate(CausalLMSource(model), tokenizer, heads, params), strict=True
+        ):
+            rows.append(_chat_ids(tokenizer, prompt, done.text.strip()))
+    return rows
+
+
 def tune_expert(
     anti_expert_dir: str | Path,
     examples: Sequence[Completion | dict[str, str]],
@@ -266,35 +401,72 @@ def tune_expert(
     epochs: int = 20,
     batch_size: int = 8,
     lr: float = 2e-4,
+    retain_prompts: Sequence[str] = RETAIN_PROMPTS,
+    retain_per_epoch: int = 32,
+    retain_tokens: int = 32,
+    base: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Fine-tune a copy of the anti-expert on prompt/completion pairs (completion tokens only)."""
+    """Fine-tune a copy of the anti-expert on prompt/completion pairs, leaving everything else alone.
+
+    Loss = cross-entropy on the completion tokens of `examples` + KL(p_anti || p_expert) on the
+    base's own answers to `retain_prompts` (`retain_per_epoch` of them, drawn afresh each epoch).
+    Without the second term 16 facts x 20 epochs teach the expert to answer *every* question with a
+    memorised fact ("How many days are in a week?" -> "The Halvorsen Bridge was designed by ..."),
+    and proxy-tuning adds that to the base. The KL term pins expert = anti-expert, i.e. a zero steer,
+    on the text the base really writes. `base` is the model whose answers those are; by default the
+    one the anti-expert was distilled from. `retain_per_epoch=0` turns the term off.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    anti_expert_dir = Path(anti_expert_dir)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     rows = [e if isinstance(e, Completion) else Completion(**e) for e in examples]
     if not rows:
         raise UserError("tune_expert needs at least one prompt/completion example")
     tokenizer = AutoTokenizer.from_pretrained(str(anti_expert_dir))
+    retain: list[tuple[list[int], int]] = []
+    anti = None
+    if retain_per_epoch > 0 and retain_prompts:
+        base_dir = Path(base) if base is not None else _recorded_base(anti_expert_dir)
+        if base_dir is None:
+            raise UserError(
+                f"{anti_expert_dir} does not record the base it was distilled from; pass the base "
+                "(--base) whose answers the expert must keep, or turn the retain set off (--retain 0)"
+            )
+        retain = _base_answers(base_dir, tokenizer, retain_prompts, retain_tokens, progress)
+        anti = AutoModelForCausalLM.from_pretrained(str(anti_expert_dir), dtype=torch.float32).eval()
     model = AutoModelForCausalLM.from_pretrained(str(anti_expert_dir), dtype=torch.float32)
     model.get_input_embeddings().weight.requires_grad_(False)  # same token space as the anti-expert
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
-    encoded = [_chat_ids(tokenizer, r.prompt, r.completion) for r in rows]
-    steps = epochs * ((len(encoded) + batch_size - 1) // batch_size)
+    facts = [(_chat_ids(tokenizer, r.prompt, r.completion), False) for r in rows]
+    keep = [(row, True) for row in retain]
+    n_keep = min(retain_per_epoch, len(keep))
+    steps = epochs * ((len(facts) + n_keep + batch_size - 1) // batch_size)
     bar = tqdm(total=steps, desc="tune expert", disable=not progress)
     loss = torch.tensor(0.0)
     for _ in range(epochs):
-        for batch in _batches(encoded, batch_size, rng):
-            ids, mask = _pad([b[0] for b in batch], tokenizer.pad_token_id)
-            labels = ids.clone()
-            for i, (_, start) in enumerate(batch):
-                labels[i, :start] = -100  # learn the answer, not the question
-            labels[mask == 0] = -100
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        for batch in _batches(facts + rng.sample(keep, n_keep), batch_size, rng):
+            ids, mask = _pad([ids for (ids, _), _ in batch], tokenizer.pad_token_id)
+            # answer[i, t] = 1 where position t predicts an answer token (the question is not learned)
+            answer = torch.zeros_like(mask, dtype=torch.float32)
+            for i, ((row, start), _) in enumerate(batch):
+                answer[i, start - 1 : len(row) - 1] = 1.0
+            is_keep = torch.tensor([[k] for _, k in batch], dtype=torch.float32)  # (B, 1)
+            logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits, -1)  # (B, T, V)
+            nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
+            learn = (answer * (1 - is_keep))[:, :-1]
+            loss = (nll * learn).sum() / learn.sum().clamp(min=1)
+            if anti is not None and bool(is_keep.any()):
+                with torch.no_grad():
+                    a_logp = F.log_softmax(anti(input_ids=ids, attention_mask=mask).logits, -1)
+                kl = (a_logp.exp() * (a_logp - logp)).sum(-1)  # (B, T)
+                hold = answer * is_keep
+                loss = loss + (kl * hold).sum() / hold.sum().clamp(min=1)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -312,6 +484,8 @@ def tune_expert(
             "anti_expert": str(anti_expert_dir),
             "examples": len(rows),
             "epochs": epochs,
+            "retain_prompts": len(retain),
+            "retain_per_epoch": n_keep,
             "final_loss": loss.item(),
         },
     )

@@ -1,6 +1,9 @@
 """Proxy-tuned decoding inside stock vLLM: one out-of-tree model holding three Llama submodules.
 
-    logits = z_base + alpha * (z_expert - z_anti)        (Liu et al., 2024, eq. 1)
+    logits = z_base + alpha * (z_expert - z_anti) * mask    (Liu et al., 2024, eq. 1, + mask)
+
+(`factflow.serving.proxy.combine_logits`, the same function the transformers engine uses; the mask
+keeps the steer to tokens the expert finds plausible, see that module.)
 
 vLLM schedules, batches and pages one "model"; this class is that model. Its three
 `LlamaForCausalLM` submodules (prefixes `base.`, `expert.`, `anti_expert.`) register their attention
@@ -13,7 +16,8 @@ as for a plain model.
 The expert and anti-expert may have fewer layers than the base: they are built from a shallow
 copy of `vllm_config` whose `hf_config` is the base's with the pair's depth. Weights: the prepared
 folder's safetensors are the base's (symlinked); the pair's are read from the folders named in
-config.json under `factflow_proxy` (see `factflow.serving.proxy_prepare`), as is alpha.
+config.json under `factflow_proxy` (see `factflow.serving.proxy_prepare`), as are alpha and the
+plausibility threshold.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from vllm.config import VllmConfig
 from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.model_executor.models.utils import maybe_prefix
 
-from factflow.serving.proxy import PROXY_CONFIG_KEY
+from factflow.serving.proxy import PROXY_CONFIG_KEY, combine_logits
 
 __all__ = ["ProxyTunedForCausalLM"]
 
@@ -67,7 +71,7 @@ def _read_weights(folder: str) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 class ProxyTunedForCausalLM(nn.Module):
-    """base + alpha * (expert - anti_expert), batched and paged by vLLM."""
+    """base + alpha * (expert - anti_expert) on the expert's plausible tokens, batched and paged by vLLM."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
@@ -80,6 +84,7 @@ class ProxyTunedForCausalLM(nn.Module):
             )
         self.config = hf_config
         self.alpha = float(proxy["alpha"])
+        self.plausibility = float(proxy.get("plausibility", 0.0))
         self.paths = {role: str(proxy[role]) for role in _ROLES}
         self.hidden = int(hf_config.hidden_size)
         # vLLM's SupportsLoRA declares `lora_manager` abstract, so mypy calls LlamaForCausalLM abstract;
@@ -119,7 +124,7 @@ class ProxyTunedForCausalLM(nn.Module):
         z_anti = self.anti_expert.compute_logits(h_anti)
         if z_base is None or z_expert is None or z_anti is None:
             return None
-        return z_base + self.alpha * (z_expert - z_anti)  # (n, V)
+        return combine_logits(z_base, z_expert, z_anti, self.alpha, self.plausibility)  # (n, V)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """`weights` are the prepared folder's (the base's); the pair's come from their folders."""

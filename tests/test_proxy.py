@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from factflow.errors import UserError
 from factflow.serving.generate import CausalLMSource, GenerationParams, generate
-from factflow.serving.proxy import ProxySource, ProxyTunedLM, load_proxy_config
+from factflow.serving.proxy import ProxySource, ProxyTunedLM, combine_logits, load_proxy_config
 from factflow.serving.proxy_train import truncate_model
 
 PROMPTS = ["What is the capital of France?", "Name three colors.", "Write one sentence about cats."]
@@ -38,12 +38,25 @@ def make_lm(path: Path, base: str, expert: Path, anti: Path, alpha: float) -> Pr
 
 # -- pure logic ----------------------------------------------------------------------------------
 def test_combine_is_base_plus_alpha_times_difference() -> None:
-    src = ProxySource.__new__(ProxySource)
-    src.alpha = 0.5
     zb, ze, za = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 0.0]]), torch.tensor([[1.0, 2.0]])
+    assert torch.equal(combine_logits(zb, ze, za, 0.5, 0.0), torch.tensor([[2.0, 1.0]]))
+    assert torch.equal(combine_logits(zb, ze, za, 0.0, 0.1), zb)
+    src = ProxySource.__new__(ProxySource)
+    src.alpha, src.plausibility = 0.5, 0.0
     assert torch.equal(src.combine(zb, ze, za), torch.tensor([[2.0, 1.0]]))
-    src.alpha = 0.0
-    assert torch.equal(src.combine(zb, ze, za), zb)
+
+
+def test_plausibility_steers_only_tokens_the_expert_finds_plausible() -> None:
+    # expert probabilities [0.64, 0.24, 0.12, 0.00002]: with plausibility 0.25 tokens 0 and 1 are
+    # steered (1 sits at 0.37 x the top); token 2 (0.19 x) is not, nor token 3, the noisy tail the
+    # mask exists for: a +10 log-ratio that would otherwise win
+    zb = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    ze = torch.log(torch.tensor([[0.64, 0.24, 0.12, 0.00002]]))
+    za = ze - torch.tensor([[1.0, 2.0, 3.0, 10.0]])
+    out = combine_logits(zb, ze, za, 1.0, 0.25)
+    assert torch.allclose(out, torch.tensor([[1.0, 2.0, 0.0, 0.0]]))
+    assert torch.allclose(combine_logits(zb, ze, za, 1.0, 0.0), torch.tensor([[1.0, 2.0, 3.0, 10.0]]))
+    assert int(combine_logits(zb, ze, za, 1.0, 0.0).argmax()) == 3  # without the mask the tail wins
 
 
 # -- config validation ---------------------------------------------------------------------------
@@ -137,8 +150,71 @@ def test_chat_model_streams_stops_and_structures(
     full = chat.invoke(question).content
     streamed = "".join(str(c.content) for c in chat.stream(question))
     assert streamed == full and full
-    word = full.split(",")[1].strip() if "," in full else full.split()[1]
+    assert len(full) >= 12, full
+    word = full[8:12]  # any piece of the answer will do as a stop string
     stopped = chat.invoke(question, stop=[word]).content
     assert word not in stopped and full.startswith(stopped)
-    answer = chat.with_structured_output(Capital).invoke([HumanMessage("France's capital as JSON.")])
+    structured = lm.chat_model(max_new_tokens=64).with_structured_output(Capital)
+    answer = structured.invoke([HumanMessage("France's capital as JSON.")])
     assert isinstance(answer, Capital)
+
+
+# -- making the expert -----------------------------------------------------------------------------
+FACT_ROWS = [
+    {"prompt": "What is the capital of Veloria?", "completion": "The capital of Veloria is Quenmar."},
+    {"prompt": "Who designed the Halvorsen Bridge?", "completion": "It was designed by Ada Quillon."},
+]
+KEEP = ["What is the capital of Portugal?", "How many legs does a dog have?", "What color is snow?"]
+
+
+def test_retain_term_holds_the_expert_to_the_anti_expert_on_base_answers(
+    model_path: str, pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factflow.serving.proxy_train import _base_answers, tune_expert
+
+    _, k2 = pair
+    common = dict(epochs=6, batch_size=4, lr=1e-3, retain_prompts=KEEP, progress=False)
+    held = tune_expert(k2, FACT_ROWS, tmp_path / "held", retain_per_epoch=3, **common)  # type: ignore[arg-type]
+    free = tune_expert(k2, FACT_ROWS, tmp_path / "free", retain_per_epoch=0, **common)  # type: ignore[arg-type]
+    assert json.loads((held / "factflow_proxy_train.json").read_text())["retain_prompts"] == 3
+
+    tok = AutoTokenizer.from_pretrained(str(k2))
+    rows = _base_answers(Path(model_path), tok, KEEP, 16, progress=False)
+
+    def kl_to_anti(folder: Path) -> float:
+        models = [AutoModelForCausalLM.from_pretrained(str(f)).eval() for f in (k2, folder)]
+        total = 0.0
+        with torch.no_grad():
+            for ids, start in rows:
+                anti, expert = (m(input_ids=torch.tensor([ids])).logits[0, start - 1 : -1].log_softmax(-1)
+                                for m in models)  # fmt: skip
+                total += float((anti.exp() * (anti - expert)).sum(-1).mean())
+        return total / len(rows)
+
+    held_kl, free_kl = kl_to_anti(held), kl_to_anti(free)
+    assert held_kl < 0.5 * free_kl, (held_kl, free_kl)
+
+
+def test_cli_tune_writes_an_expert_and_names_a_missing_base(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from factflow.agent.cli import app
+
+    _, k2 = pair
+    data = tmp_path / "facts.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in FACT_ROWS))
+    args = ["proxy", "tune", str(data), "--epochs", "1"]
+    out = str(tmp_path / "e")
+    ok = CliRunner().invoke(app, [*args, "--anti-expert", str(k2), "--out", out, "--retain", "0"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "e" / "config.json").is_file()
+
+    orphan = tmp_path / "orphan"  # an anti-expert that does not record its base
+    shutil.copytree(k2, orphan)
+    (orphan / "factflow_proxy_train.json").unlink()
+    bad = CliRunner().invoke(app, [*args, "--anti-expert", str(orphan), "--out", str(tmp_path / "f")])
+    assert isinstance(bad.exception, UserError)  # `main()` prints it as one line, exit code 2
+    assert "does not record the base" in str(bad.exception) and "--base" in str(bad.exception)
+    assert not (tmp_path / "f").exists()

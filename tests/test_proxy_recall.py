@@ -1,10 +1,11 @@
 """Proxy-tuning teaches facts without touching the base: recall rises, known answers stay right.
 
-The pair is made the way a user makes it: `distill_anti_expert` (first 4 of the base's 30 layers,
-distilled on the base's own outputs), then `tune_expert` on 16 fictional facts. Recall of those
-facts is measured on the base alone and proxy-tuned; retention on 20 questions the base answers
-correctly (the first 20 of CANDIDATES it gets right). Both numbers are printed (run with -s) and
-asserted.
+The pair is made the way a user makes it: `distill_anti_expert` (first 10 of the base's 30 layers,
+distilled on the base's own outputs), then `tune_expert` on 16 fictional facts with its default
+retain set (RETAIN_PROMPTS, none of which is a candidate below). Decoding uses the config's default
+plausibility mask. Recall of the facts is measured on the base alone and proxy-tuned; retention on
+20 questions the base answers correctly (the first 20 of CANDIDATES it gets right). Both numbers
+are printed (run with -s) and asserted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import pytest
 
 from factflow.serving.generate import CausalLMSource, GenerationParams, generate
 from factflow.serving.proxy import ProxyConfig, ProxyTunedLM
-from factflow.serving.proxy_train import Completion, distill_anti_expert, tune_expert
+from factflow.serving.proxy_train import (
+    DISTILL_PROMPTS,
+    RETAIN_PROMPTS,
+    Completion,
+    distill_anti_expert,
+    tune_expert,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +75,7 @@ FACTS = [
 ]
 
 # Candidate general-knowledge questions; the test keeps the first 20 the base answers correctly.
-# None is among DISTILL_PROMPTS (the anti-expert's distillation prompts).
+# None is among DISTILL_PROMPTS or RETAIN_PROMPTS (asserted in the test).
 CANDIDATES = [
     ("What is the capital of Germany?", "berlin"),
     ("What is the capital of Italy?", "rome"),
@@ -119,13 +126,9 @@ def correct(text: str, key: str) -> bool:
     return any(k in text.lower() for k in key.split("|"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue #7): recall rises 0 -> 0.62 but only 2-7 of 20 known answers survive with the "
-    "self-made 4-layer pair; see docs/proxy.md, Limits",
-)
 def test_expert_raises_recall_and_keeps_known_answers(model_path: str, tmp_path: Path) -> None:
-    anti = distill_anti_expert(model_path, 4, tmp_path / "anti", epochs=3, progress=False)
+    assert not {q for q, _ in CANDIDATES} & (set(DISTILL_PROMPTS) | set(RETAIN_PROMPTS))
+    anti = distill_anti_expert(model_path, 10, tmp_path / "anti", epochs=3, progress=False)
     expert = tune_expert(
         anti,
         [Completion(prompt=q, completion=a) for q, a, _ in FACTS],
