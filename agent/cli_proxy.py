@@ -82,7 +82,7 @@ def tune(
 
 @proxy_app.command("info")
 def info(config: Path = typer.Argument(..., help="Proxy config (TOML or JSON).")) -> None:
-    """Validate a proxy config and show its models, depths, sizes and alpha.
+    """Validate a proxy config and show its models, depths, sizes, alpha and plausibility.
 
     Example: factflow proxy info proxy.toml
     """
@@ -101,7 +101,10 @@ def info(config: Path = typer.Argument(..., help="Proxy config (TOML or JSON).")
         table.add_row(role, str(folder), str(hf.get("num_hidden_layers")), str(hf.get("hidden_size")),
                       str(hf.get("vocab_size")))  # fmt: skip
     console.print(table)
-    console.print(f"alpha = {cfg.alpha}  (logits = base + alpha * (expert - anti_expert))")
+    console.print(
+        f"alpha = {cfg.alpha}, plausibility = {cfg.plausibility}  (logits = base + alpha * (expert - "
+        "anti_expert) on tokens with p_expert >= plausibility * max p_expert)"
+    )
 
 
 @proxy_app.command("serve")

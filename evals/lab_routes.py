@@ -64,7 +64,7 @@ class RouteBudget(BaseModel):
     reft_lr: float = Field(4e-3, gt=0, description="pyreft's LoReFT default.")
     reft_rank: int = Field(4, ge=1)
     reft_layers: list[int] = Field(default_factory=lambda: [6, 12, 18, 24])
-    proxy_k_layers: int = Field(6, ge=1, description="Layers kept in the anti-expert / expert.")
+    proxy_k_layers: int = Field(10, ge=1, description="Layers kept in the anti-expert / expert.")
     proxy_lr: float = Field(2e-4, gt=0)
     proxy_alpha: float = Field(1.0)
     proxy_distill_epochs: int = Field(2, ge=1)
@@ -396,7 +396,10 @@ def _proxy(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudg
     )  # embeddings stay frozen in tune_expert
     anti_model = AutoModelForCausalLM.from_pretrained(str(anti), dtype=torch.float32)
     ans.layer_change = relative_weight_change(anti_model.state_dict(), lm.expert.state_dict())
-    ans.notes = f"expert = first {budget.proxy_k_layers} layers, {epochs} epochs, alpha {budget.proxy_alpha}"
+    ans.notes = (
+        f"expert = first {budget.proxy_k_layers} layers, {epochs} epochs + retain term, "
+        f"alpha {budget.proxy_alpha}, plausibility {lm.config.plausibility}"
+    )
     return ans
 
 

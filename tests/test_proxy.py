@@ -109,6 +109,26 @@ def test_config_errors_are_one_clear_sentence(
     cfg = write_config(tmp_path / "d.toml", base=Path(model_path), expert=k4, anti_expert=k2, alpha=99)
     with pytest.raises(UserError, match="alpha"):
         load_proxy_config(cfg)
+    cfg = write_config(tmp_path / "e.toml", base=Path(model_path), expert=k4, anti_expert=k2, plausibility=2)
+    with pytest.raises(UserError, match="plausibility: .*less than or equal to 1"):
+        load_proxy_config(cfg)
+
+
+def test_cli_info_shows_depths_alpha_and_plausibility(
+    model_path: str, pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from factflow.agent.cli import app
+
+    k4, k2 = pair
+    cfg = write_config(tmp_path / "p.toml", base=Path(model_path), expert=k4, anti_expert=k2, alpha=0.5)
+    result = CliRunner().invoke(app, ["proxy", "info", str(cfg)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "alpha = 0.5, plausibility = 0.1" in result.output
+    rows = [line.split("│") for line in result.output.splitlines() if "│" in line]
+    assert [(r[1].strip(), r[3].strip()) for r in rows] == [("base", "30"), ("expert", "4"),
+                                                                  ("anti_expert", "2")]  # fmt: skip
 
 
 # -- real model ----------------------------------------------------------------------------------
