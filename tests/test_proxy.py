@@ -195,9 +195,13 @@ def test_retain_term_holds_the_expert_to_the_anti_expert_on_base_answers(
     from factflow.serving.proxy_train import _base_answers, tune_expert
 
     _, k2 = pair
-    common = dict(epochs=6, batch_size=4, lr=1e-3, retain_prompts=KEEP, progress=False)
-    held = tune_expert(k2, FACT_ROWS, tmp_path / "held", retain_per_epoch=3, **common)  # type: ignore[arg-type]
-    free = tune_expert(k2, FACT_ROWS, tmp_path / "free", retain_per_epoch=0, **common)  # type: ignore[arg-type]
+
+    def tune(name: str, retain_per_epoch: int) -> Path:
+        return tune_expert(k2, FACT_ROWS, tmp_path / name, epochs=6, batch_size=4, lr=1e-3,
+                           retain_prompts=KEEP, retain_per_epoch=retain_per_epoch,
+                           progress=False)  # fmt: skip
+
+    held, free = tune("held", 3), tune("free", 0)
     assert json.loads((held / "factflow_proxy_train.json").read_text())["retain_prompts"] == 3
 
     tok = AutoTokenizer.from_pretrained(str(k2))
