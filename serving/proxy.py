@@ -177,9 +177,7 @@ class ProxySource:
     base, so caches can't be shared); every call returns `combine_logits` of their three logits.
     """
 
-    def __init__(
-        self, base: Any, expert: Any, anti_expert: Any, alpha: float, plausibility: float = 0.0
-    ) -> None:
+    def __init__(self, base: Any, expert: Any, anti_expert: Any, alpha: float, plausibility: float) -> None:
         from factflow.serving.generate import CausalLMSource
 
         self.sources = [CausalLMSource(m) for m in (base, expert, anti_expert)]

@@ -17,6 +17,7 @@ Both write HF-format folders (config, safetensors, tokenizer, chat template) loa
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from collections.abc import Iterable, Sequence
@@ -247,6 +248,11 @@ def _batches(items: list[Any], size: int, rng: random.Random) -> Iterable[list[A
         yield items[i : i + size]
 
 
+def _kl_per_token(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p) at every position: (B, T, V) log-probabilities -> (B, T); 0 where they agree."""
+    return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+
+
 def _truncated(teacher: Any, k_layers: int) -> Any:
     """A new model with the teacher's first k decoder layers, embeddings, final norm and head."""
     from transformers import AutoModelForCausalLM
@@ -341,8 +347,7 @@ def distill_anti_expert(
             with torch.no_grad():
                 t_logp = F.log_softmax(teacher(input_ids=ids, attention_mask=mask).logits, -1)  # (B, T, V)
             s_logp = F.log_softmax(student(input_ids=ids, attention_mask=mask).logits, -1)  # (B, T, V)
-            kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # (B, T)
-            loss = (kl * mask).sum() / mask.sum()
+            loss = (_kl_per_token(t_logp, s_logp) * mask).sum() / mask.sum()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -428,7 +433,6 @@ def tune_expert(
         raise UserError("tune_expert needs at least one prompt/completion example")
     tokenizer = AutoTokenizer.from_pretrained(str(anti_expert_dir))
     retain: list[tuple[list[int], int]] = []
-    anti = None
     if retain_per_epoch > 0 and retain_prompts:
         base_dir = Path(base) if base is not None else _recorded_base(anti_expert_dir)
         if base_dir is None:
@@ -437,8 +441,8 @@ def tune_expert(
                 "(--base) whose answers the expert must keep, or turn the retain set off (--retain 0)"
             )
         retain = _base_answers(base_dir, tokenizer, retain_prompts, retain_tokens, progress)
-        anti = AutoModelForCausalLM.from_pretrained(str(anti_expert_dir), dtype=torch.float32).eval()
     model = AutoModelForCausalLM.from_pretrained(str(anti_expert_dir), dtype=torch.float32)
+    anti = copy.deepcopy(model).eval().requires_grad_(False) if retain else None  # the frozen reference
     model.get_input_embeddings().weight.requires_grad_(False)  # same token space as the anti-expert
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -451,7 +455,7 @@ def tune_expert(
     loss = torch.tensor(0.0)
     for _ in range(epochs):
         for batch in _batches(facts + rng.sample(keep, n_keep), batch_size, rng):
-            ids, mask = _pad([ids for (ids, _), _ in batch], tokenizer.pad_token_id)
+            ids, mask = _pad([row for (row, _), _ in batch], tokenizer.pad_token_id)
             # answer[i, t] = 1 where position t predicts an answer token (the question is not learned)
             answer = torch.zeros_like(mask, dtype=torch.float32)
             for i, ((row, start), _) in enumerate(batch):
@@ -464,9 +468,8 @@ def tune_expert(
             if anti is not None and bool(is_keep.any()):
                 with torch.no_grad():
                     a_logp = F.log_softmax(anti(input_ids=ids, attention_mask=mask).logits, -1)
-                kl = (a_logp.exp() * (a_logp - logp)).sum(-1)  # (B, T)
                 hold = answer * is_keep
-                loss = loss + (kl * hold).sum() / hold.sum().clamp(min=1)
+                loss = loss + (_kl_per_token(a_logp, logp) * hold).sum() / hold.sum().clamp(min=1)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -84,7 +84,7 @@ class ProxyTunedForCausalLM(nn.Module):
             )
         self.config = hf_config
         self.alpha = float(proxy["alpha"])
-        self.plausibility = float(proxy.get("plausibility", 0.0))
+        self.plausibility = float(proxy["plausibility"])
         self.paths = {role: str(proxy[role]) for role in _ROLES}
         self.hidden = int(hf_config.hidden_size)
         # vLLM's SupportsLoRA declares `lora_manager` abstract, so mypy calls LlamaForCausalLM abstract;

@@ -192,7 +192,7 @@ def test_retain_term_holds_the_expert_to_the_anti_expert_on_base_answers(
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from factflow.serving.proxy_train import _base_answers, tune_expert
+    from factflow.serving.proxy_train import _base_answers, _kl_per_token, tune_expert
 
     _, k2 = pair
 
@@ -214,7 +214,7 @@ def test_retain_term_holds_the_expert_to_the_anti_expert_on_base_answers(
             for ids, start in rows:
                 anti, expert = (m(input_ids=torch.tensor([ids])).logits[0, start - 1 : -1].log_softmax(-1)
                                 for m in models)  # fmt: skip
-                total += float((anti.exp() * (anti - expert)).sum(-1).mean())
+                total += float(_kl_per_token(anti, expert).mean())
         return total / len(rows)
 
     held_kl, free_kl = kl_to_anti(held), kl_to_anti(free)
