@@ -158,7 +158,8 @@ def serve(
         dtype=settings.dtype,
         # the transformers engine's window; BFCL multi-turn prompts need more than vLLM's 4096
         max_model_len=settings.context_window,
-        # The plugin models (LoReFT, proxy) are verified in eager mode only; compiled mode is untested.
+        # Plugin models run eager: LoReFT matches transformers compiled too (bench/reft.py, docs/reft.md)
+        # but no test serves it compiled yet, and proxy-tuning is verified in eager mode only.
         extra_args=["--enforce-eager"] if eager or reft is not None or proxy is not None else [],
         log_path=settings.home / "logs" / f"vllm-{settings.port}.log",
     )

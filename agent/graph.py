@@ -53,16 +53,11 @@ _HISTORY_MESSAGES = 6  # earlier turns kept in the prompt: enough for follow-ups
 
 def default_tools(store: Any, namespace: str, retrieved: set[str]) -> list[BaseTool]:
     """The built-in tools: fact search/lookup over the store and a safe calculator."""
+    from factflow.tools.calculator import calculator
     from factflow.tools.facts import make_fact_tools
 
     tools = [t for t in make_fact_tools(store, namespace, retrieved) if t.name != "propose_fact"]
-    try:
-        from factflow.tools.calculator import calculator
-
-        tools.append(calculator)
-    except ImportError:  # the calculator ships with the store issue; the agent works without it
-        log.debug("factflow.tools.calculator not available")
-    return tools
+    return [*tools, calculator]
 
 
 def _current_turn(messages: Sequence[AnyMessage]) -> list[AnyMessage]:
