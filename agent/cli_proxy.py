@@ -18,11 +18,9 @@ proxy_app = typer.Typer(
 def prepare_for_serving(config_path: Path, alpha: float | None = None) -> Path:
     """Validate a proxy config and return the vLLM model folder to serve (for `factflow serve --proxy`)."""
     from factflow.agent.cli import load_settings
-    from factflow.serving.proxy import load_proxy_config
-    from factflow.serving.proxy_prepare import default_prepared_dir, prepare_vllm_folder
+    from factflow.serving.proxy_prepare import proxy_served_model
 
-    config = load_proxy_config(config_path, alpha=alpha)
-    return prepare_vllm_folder(config, default_prepared_dir(config, load_settings().home))
+    return Path(proxy_served_model(config_path, load_settings().home, alpha=alpha))
 
 
 @proxy_app.command("distill")
@@ -72,10 +70,11 @@ def tune(
     Example: factflow proxy tune facts.jsonl --anti-expert ~/pair/anti --out ~/pair/expert
     """
     from factflow.agent.cli import console
-    from factflow.serving.proxy_train import read_completions, tune_expert
+    from factflow.serving.proxy_train import tune_expert
+    from factflow.serving.reft import load_examples
 
     path = tune_expert(
-        anti_expert, read_completions(data), out, epochs=epochs, lr=lr, retain_per_epoch=retain, base=base
+        anti_expert, load_examples(data), out, epochs=epochs, lr=lr, retain_per_epoch=retain, base=base
     )
     console.print(f"expert written to {path}")
 

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from factflow.memory.adapt import Sample, exact_match, label_feedback, online_adapt
+from factflow.memory.adapt import Sample, contains_match, label_feedback, online_adapt
 from factflow.memory.bullets import AddOp, Delta, LogOp, MergeOp, PlaybookState, RemoveOp, TagOp, UpdateOp
 from factflow.memory.merge import apply_ops
 from factflow.memory.playbook import Playbook
@@ -179,7 +179,7 @@ def bench_adaptation(rows: list[tuple[str, str, str]], settings: Settings, tmp: 
     for s in samples:
         out, _ = Generator(chat, meter=dmeter).generate(s.question, sheet)
         answer = out.answer if out else ""
-        ok = exact_match(answer, s.label or "")
+        ok = contains_match(answer, s.label or "")
         hits += ok
         prompt = DC_PROMPT.format(
             sheet=sheet or "(empty)",

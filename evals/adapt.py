@@ -42,7 +42,7 @@ __all__ = [
     "BfclSuite",
     "Answer",
     "run_adaptation",
-    "evaluate",
+    "accuracy_with_context",
 ]
 
 METHODS = ("none", "ace_offline", "ace_online", "dc_rewrite")
@@ -193,7 +193,7 @@ def _approx_tokens(text: str) -> int:
     return max(0, round(len(text.split()) * 1.3))
 
 
-def evaluate(
+def accuracy_with_context(
     chat: BaseChatModel,
     suite: Suite,
     items: Sequence[Any],
@@ -248,7 +248,9 @@ def _ace_offline(
                     usage.meter,
                 )
             )
-    accuracy, seconds = evaluate(chat, suite, test, lambda q: pb.render(q).text, desc="ace offline test")
+    accuracy, seconds = accuracy_with_context(
+        chat, suite, test, lambda q: pb.render(q).text, desc="ace offline test"
+    )
     return AdaptRow(
         suite=suite.name,
         method="ace_offline",
@@ -346,7 +348,7 @@ def run_adaptation(
     rows: list[AdaptRow] = []
     for method in methods:
         if method == "none":
-            accuracy, seconds = evaluate(chat, suite, test, "", desc="no playbook")
+            accuracy, seconds = accuracy_with_context(chat, suite, test, "", desc="no playbook")
             row = AdaptRow(
                 suite=suite.name,
                 method="none",
@@ -364,7 +366,7 @@ def run_adaptation(
         rows.append(row)
         _append(out_dir, row)  # written per method, so a long run leaves its finished rows behind
     if fixed_context is not None:
-        accuracy, seconds = evaluate(chat, suite, test, fixed_context, desc="fixed playbook")
+        accuracy, seconds = accuracy_with_context(chat, suite, test, fixed_context, desc="fixed playbook")
         rows.append(
             AdaptRow(
                 suite=suite.name,

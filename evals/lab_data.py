@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from factflow.errors import UserError
 
 __all__ = [
-    "Fact",
+    "LabFact",
     "TwoHop",
     "Probe",
     "LabData",
@@ -219,7 +219,7 @@ _LOCALITY_CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-class Fact(BaseModel):
+class LabFact(BaseModel):
     """One fictional fact with every phrasing the lab uses for it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -254,7 +254,7 @@ class LabData(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     seed: int
     size: int
-    facts: list[Fact]
+    facts: list[LabFact]
     two_hop: list[TwoHop]
     neutral: list[str]
 
@@ -280,9 +280,9 @@ class _Names:
 
 def _fact(
     rng: random.Random, idx: int, kind: Kind, subject: str, relation: str, obj: str
-) -> Fact:
+) -> LabFact:
     rel = RELATIONS[relation]
-    return Fact(
+    return LabFact(
         id=f"f{idx:05d}",
         kind=kind,
         subject=subject,
@@ -313,7 +313,7 @@ def make_lab_data(size: int, seed: int = 0, *, n_neutral: int | None = None) -> 
     rng = random.Random(f"lab-{seed}")
     names = _Names(rng)
     countries = [names.word(3) + "ia" for _ in range(8)]
-    facts: list[Fact] = []
+    facts: list[LabFact] = []
     chains: list[tuple[str, int, int]] = []  # (template, first fact index, second fact index)
     cities: list[str] = []
     while len(facts) < size:

@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from factflow.errors import UserError
-from factflow.evals.lab_data import Fact
+from factflow.evals.lab_data import LabFact
 from factflow.evals.lab_metrics import TextLogprobs, relative_weight_change
+from factflow.serving.training import batches, chat_prompt_ids, encode_pair, end_of_turn, pad_pairs
 
 __all__ = [
     "ROUTES",
@@ -95,11 +96,9 @@ def _first_line(text: str) -> str:
 
 
 def _chat_prompt_ids(tokenizer: Any, question: str, notes: str | None) -> list[int]:
-    messages = [{"role": "user", "content": question}]
-    if notes is not None:  # no notes: the template's own default system prompt, as the weight routes train
-        messages.insert(0, {"role": "system", "content": f"{CONTEXT_HEADER}\n{notes}"})
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # no notes: the template's own default system prompt, as the weight routes train
+    system = None if notes is None else f"{CONTEXT_HEADER}\n{notes}"
+    return chat_prompt_ids(tokenizer, question, system=system)
 
 
 class HFAnswerer(Answerer):
@@ -167,15 +166,9 @@ class HFAnswerer(Answerer):
 # ---- training shared by the weight routes ------------------------------------------------------
 
 
-def training_examples(facts: Sequence[Fact]) -> list[tuple[str, str]]:
+def training_examples(facts: Sequence[LabFact]) -> list[tuple[str, str]]:
     """(prompt, completion) pairs every weight route trains on: training question -> object."""
     return [(f.train_question, f.object) for f in facts]
-
-
-def _encode(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
-    head = _chat_prompt_ids(tokenizer, prompt, None)
-    tail = list(tokenizer(completion + "<|im_end|>", add_special_tokens=False)["input_ids"])
-    return head + tail, len(head)
 
 
 def _steps(n: int, budget: RouteBudget) -> tuple[int, int]:
@@ -190,7 +183,8 @@ def _train_lm(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], budget: 
     """Cross-entropy on completion tokens (the answer and end-of-turn), AdamW; returns steps run."""
     torch.manual_seed(budget.seed)
     rng = random.Random(budget.seed)
-    rows = [_encode(tokenizer, p, c) for p, c in pairs]
+    end = end_of_turn(tokenizer)
+    rows = [encode_pair(tokenizer, p, c, turn_end=end) for p, c in pairs]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     epochs, total = _steps(len(rows), budget)
@@ -199,20 +193,10 @@ def _train_lm(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], budget: 
     step = 0
     with tqdm(total=total, desc=desc, leave=False) as bar:
         for _ in range(epochs):
-            order = rows[:]
-            rng.shuffle(order)
-            for i in range(0, len(order), budget.train_batch_size):
+            for batch in batches(rows, budget.train_batch_size, rng):
                 if step >= total:
                     break
-                batch = order[i : i + budget.train_batch_size]
-                width = max(len(ids) for ids, _ in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                labels = torch.full_like(ids, -100)
-                for r, (row, start) in enumerate(batch):
-                    ids[r, : len(row)] = torch.tensor(row)
-                    mask[r, : len(row)] = 1
-                    labels[r, start : len(row)] = ids[r, start : len(row)]  # learn the answer only
+                ids, mask, labels, _starts = pad_pairs(batch, pad)  # labels: the answer only
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 opt.zero_grad()
                 loss.backward()
@@ -266,12 +250,12 @@ def route_unavailable(name: str) -> str | None:
     return None
 
 
-def _none(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
+def _none(facts: Sequence[LabFact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
     model, tok = _fresh_model(model_path)
     return HFAnswerer(model, tok, budget)
 
 
-def _playbook(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
+def _playbook(facts: Sequence[LabFact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
     from factflow.memory.bullets import AddOp, Delta
     from factflow.memory.playbook import Playbook
     from factflow.settings import get_settings
@@ -291,7 +275,7 @@ def _playbook(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteB
     return ans
 
 
-def _store(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
+def _store(facts: Sequence[LabFact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
     from factflow.memory.store import FactStore
     from factflow.settings import get_settings
 
@@ -307,7 +291,7 @@ def _store(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudg
     return HFAnswerer(model, tok, budget, notes=notes, on_close=store.close)
 
 
-def _full_ft(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
+def _full_ft(facts: Sequence[LabFact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
     model, tok = _fresh_model(model_path)
     before = _snapshot(model)
     steps = _train_lm(model, tok, training_examples(facts), budget, budget.ft_lr, "full fine-tune")
@@ -318,7 +302,7 @@ def _full_ft(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBu
     return ans
 
 
-def _lora(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
+def _lora(facts: Sequence[LabFact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
     from peft import LoraConfig, get_peft_model
 
     model, tok = _fresh_model(model_path)
@@ -337,7 +321,7 @@ def _lora(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudge
     return ans
 
 
-def _reft(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
+def _reft(facts: Sequence[LabFact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
     from factflow.serving.reft import Example, ReftAdapter, ReftConfig, TrainConfig, train_reft
 
     model, tok = _fresh_model(model_path)
@@ -369,7 +353,7 @@ def _anti_expert(model_path: str, budget: RouteBudget, cache_dir: Path) -> Path:
     return folder
 
 
-def _proxy(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudget,
+def _proxy(facts: Sequence[LabFact], model_path: str, work: Path, budget: RouteBudget,
            cache_dir: Path) -> Answerer:
     from transformers import AutoModelForCausalLM
 
@@ -403,7 +387,7 @@ def _proxy(facts: Sequence[Fact], model_path: str, work: Path, budget: RouteBudg
     return ans
 
 
-def learn(name: str, facts: Sequence[Fact], *, model_path: str, work_dir: Path, budget: RouteBudget,
+def learn(name: str, facts: Sequence[LabFact], *, model_path: str, work_dir: Path, budget: RouteBudget,
           cache_dir: Path) -> Answerer:
     """Run route `name` on `facts`; `work_dir` holds what it writes (stores, adapters, experts)."""
     reason = route_unavailable(name)
@@ -412,7 +396,7 @@ def learn(name: str, facts: Sequence[Fact], *, model_path: str, work_dir: Path, 
     work_dir.mkdir(parents=True, exist_ok=True)
     if name == "proxy":
         return _proxy(facts, model_path, work_dir, budget, cache_dir)
-    table: dict[str, Callable[[Sequence[Fact], str, Path, RouteBudget], Answerer]] = {
+    table: dict[str, Callable[[Sequence[LabFact], str, Path, RouteBudget], Answerer]] = {
         "none": _none, "playbook": _playbook, "store": _store,
         "full_ft": _full_ft, "lora": _lora, "reft": _reft,
     }

@@ -33,11 +33,11 @@ __all__ = [
     "Sample",
     "StepRecord",
     "AdaptReport",
-    "exact_match",
+    "contains_match",
     "label_feedback",
     "online_adapt",
     "offline_adapt",
-    "evaluate",
+    "playbook_accuracy",
     "load_samples",
 ]
 
@@ -88,7 +88,7 @@ def _norm(text: str) -> str:
     return " ".join(w.strip(".") for w in words if w.strip("."))
 
 
-def exact_match(prediction: str, label: str) -> bool:
+def contains_match(prediction: str, label: str) -> bool:
     """Normalized label found as a whole phrase in the prediction (small models add words)."""
     p, lab = f" {_norm(prediction)} ", f" {_norm(label)} "
     return bool(lab.strip()) and lab in p
@@ -215,7 +215,7 @@ def online_adapt(
     *,
     run_id: str = "online",
     batch_size: int = 1,
-    judge: Judge = exact_match,
+    judge: Judge = contains_match,
     budget_tokens: int | None = None,
     reflector_rounds: int = 1,
     meter: UsageMeter | None = None,
@@ -242,12 +242,12 @@ def online_adapt(
     return report
 
 
-def evaluate(
+def playbook_accuracy(
     playbook: Playbook,
     samples: Sequence[Sample],
     chat_model: Any,
     *,
-    judge: Judge = exact_match,
+    judge: Judge = contains_match,
     budget_tokens: int | None = None,
     progress: bool = False,
 ) -> float:
@@ -272,7 +272,7 @@ def offline_adapt(
     eval_every: int = 10,
     run_id: str = "offline",
     batch_size: int = 1,
-    judge: Judge = exact_match,
+    judge: Judge = contains_match,
     budget_tokens: int | None = None,
     reflector_rounds: int = 1,
     meter: UsageMeter | None = None,
@@ -284,7 +284,7 @@ def offline_adapt(
         return report
 
     def validate(step: int) -> None:
-        score = evaluate(playbook, val, chat_model, judge=judge, budget_tokens=budget_tokens)
+        score = playbook_accuracy(playbook, val, chat_model, judge=judge, budget_tokens=budget_tokens)
         version = playbook.version
         report.val_scores.append((step, version, score))
         if report.best_score is None or score > report.best_score:

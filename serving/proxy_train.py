@@ -20,20 +20,27 @@ from __future__ import annotations
 import copy
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
 from factflow.errors import UserError
+from factflow.serving.reft import Example
+from factflow.serving.training import (
+    EncodedPair,
+    batches,
+    chat_prompt_ids,
+    encode_pair,
+    end_of_turn,
+    pad_pairs,
+    right_pad,
+)
 
 __all__ = [
-    "Completion",
-    "read_completions",
     "truncate_model",
     "distill_anti_expert",
     "tune_expert",
@@ -184,68 +191,12 @@ RETAIN_PROMPTS = (
 )
 
 
-class Completion(BaseModel):
-    """One prompt/completion pair of `factflow proxy tune` input (one JSON object per line)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str
-    completion: str
-
-
-def read_completions(path: str | Path) -> list[Completion]:
-    """Read prompt/completion JSONL, naming the bad line on error."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass a JSONL file of {{'prompt', 'completion'}} objects")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(Completion.model_validate_json(line))
-        except ValueError as exc:
-            raise UserError(f"{path}:{n} is not a {{'prompt', 'completion'}} JSON object: {exc}") from None
-    if not rows:
-        raise UserError(f"{path} holds no examples; add one JSON object per line")
-    return rows
-
-
-def _chat_ids(tokenizer: Any, prompt: str, completion: str | None = None) -> tuple[list[int], int]:
-    """Token ids of a chat-formatted prompt (+ completion) and where the completion starts."""
-    messages = [{"role": "user", "content": prompt}]
-    head = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    if completion is None:
-        return head_ids, len(head_ids)
-    tail_ids = tokenizer(completion + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    return head_ids + tail_ids, len(head_ids)
-
-
-def _pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad for training: (B, T) ids and (B, T) mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def _save(model: Any, tokenizer: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "factflow_proxy_train.json").write_text(json.dumps(meta, indent=2, default=str))
     return out_dir
-
-
-def _batches(items: list[Any], size: int, rng: random.Random) -> Iterable[list[Any]]:
-    items = items[:]
-    rng.shuffle(items)
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def _kl_per_token(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
@@ -315,7 +266,7 @@ def distill_anti_expert(
         for chunk in tqdm(
             [prompts[i : i + 8] for i in range(0, len(prompts), 8)], desc="base outputs", disable=not progress
         ):
-            heads = [_chat_ids(tokenizer, p)[0] for p in chunk]
+            heads = [chat_prompt_ids(tokenizer, p) for p in chunk]
             width = max(map(len, heads))
             ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(h)) + h for h in heads])
             mask = (
@@ -342,8 +293,8 @@ def distill_anti_expert(
     steps = epochs * ((len(texts) + batch_size - 1) // batch_size)
     bar = tqdm(total=steps, desc=f"distill {k_layers}/{n_layers} layers", disable=not progress)
     for _ in range(epochs):
-        for batch in _batches(texts, batch_size, rng):
-            ids, mask = _pad(batch, tokenizer.pad_token_id)
+        for batch in batches(texts, batch_size, rng):
+            ids, mask = right_pad(batch, tokenizer.pad_token_id)
             with torch.no_grad():
                 t_logp = F.log_softmax(teacher(input_ids=ids, attention_mask=mask).logits, -1)  # (B, T, V)
             s_logp = F.log_softmax(student(input_ids=ids, attention_mask=mask).logits, -1)  # (B, T, V)
@@ -380,27 +331,28 @@ def _recorded_base(anti_expert_dir: Path) -> Path | None:
 
 def _base_answers(
     base: Path, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, progress: bool
-) -> list[tuple[list[int], int]]:
+) -> list[EncodedPair]:
     """Chat ids of each prompt followed by the base's own greedy answer, and where the answer starts."""
     from factflow.serving.generate import CausalLMSource, GenerationParams, generate
     from factflow.serving.hf_engine import load_hf_model
 
     model, _ = load_hf_model(str(base))
     params = GenerationParams(max_new_tokens=max_new_tokens)
+    end = end_of_turn(tokenizer)
     rows = []
     for i in tqdm(range(0, len(prompts), 16), desc="base answers (retain set)", disable=not progress):
         chunk = prompts[i : i + 16]
-        heads = [_chat_ids(tokenizer, p)[0] for p in chunk]
+        heads = [chat_prompt_ids(tokenizer, p) for p in chunk]
         for prompt, done in zip(
             chunk, generate(CausalLMSource(model), tokenizer, heads, params), strict=True
         ):
-            rows.append(_chat_ids(tokenizer, prompt, done.text.strip()))
+            rows.append(encode_pair(tokenizer, prompt, done.text.strip(), turn_end=end))
     return rows
 
 
 def tune_expert(
     anti_expert_dir: str | Path,
-    examples: Sequence[Completion | dict[str, str]],
+    examples: Sequence[Example | dict[str, str]],
     out_dir: str | Path,
     *,
     epochs: int = 20,
@@ -428,11 +380,11 @@ def tune_expert(
     anti_expert_dir = Path(anti_expert_dir)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    rows = [e if isinstance(e, Completion) else Completion(**e) for e in examples]
+    rows = [e if isinstance(e, Example) else Example(**e) for e in examples]
     if not rows:
         raise UserError("tune_expert needs at least one prompt/completion example")
     tokenizer = AutoTokenizer.from_pretrained(str(anti_expert_dir))
-    retain: list[tuple[list[int], int]] = []
+    retain: list[EncodedPair] = []
     if retain_per_epoch > 0 and retain_prompts:
         base_dir = Path(base) if base is not None else _recorded_base(anti_expert_dir)
         if base_dir is None:
@@ -447,19 +399,19 @@ def tune_expert(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
-    facts = [(_chat_ids(tokenizer, r.prompt, r.completion), False) for r in rows]
+    end = end_of_turn(tokenizer)
+    facts = [(encode_pair(tokenizer, r.prompt, r.completion, turn_end=end), False) for r in rows]
     keep = [(row, True) for row in retain]
     n_keep = min(retain_per_epoch, len(keep))
     steps = epochs * ((len(facts) + n_keep + batch_size - 1) // batch_size)
     bar = tqdm(total=steps, desc="tune expert", disable=not progress)
     loss = torch.tensor(0.0)
     for _ in range(epochs):
-        for batch in _batches(facts + rng.sample(keep, n_keep), batch_size, rng):
-            ids, mask = _pad([row for (row, _), _ in batch], tokenizer.pad_token_id)
+        for batch in batches(facts + rng.sample(keep, n_keep), batch_size, rng):
+            ids, mask, labels, _starts = pad_pairs([pair for pair, _ in batch], tokenizer.pad_token_id)
             # answer[i, t] = 1 where position t predicts an answer token (the question is not learned)
             answer = torch.zeros_like(mask, dtype=torch.float32)
-            for i, ((row, start), _) in enumerate(batch):
-                answer[i, start - 1 : len(row) - 1] = 1.0
+            answer[:, :-1] = (labels[:, 1:] != -100).float()
             is_keep = torch.tensor([[k] for _, k in batch], dtype=torch.float32)  # (B, 1)
             logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits, -1)  # (B, T, V)
             nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from factflow.evals import domain_rules
-from factflow.evals.adapt import DomainRulesSuite, evaluate
+from factflow.evals.adapt import DomainRulesSuite, accuracy_with_context
 from factflow.evals.agentic_report import write_bfcl_report
 from factflow.evals.appworld import INSTALL_HINT, appworld_available
 from factflow.evals.bfcl_data import load_category
@@ -44,8 +44,8 @@ def test_fixed_playbook_with_the_rules_beats_no_playbook(hf_chat) -> None:  # ty
     chat = hf_chat.model_copy(update={"max_new_tokens": 16})
     suite = DomainRulesSuite(n=4)  # one item per tag rule
     items = [it for it in suite.items if it.kind == "tag"]
-    none, _ = evaluate(chat, suite, items, "")
-    fixed, _ = evaluate(chat, suite, items, domain_rules.rulebook())
+    none, _ = accuracy_with_context(chat, suite, items, "")
+    fixed, _ = accuracy_with_context(chat, suite, items, domain_rules.rulebook())
     assert fixed > none
 
 

@@ -19,10 +19,10 @@ from factflow.serving.proxy import ProxyConfig, ProxyTunedLM
 from factflow.serving.proxy_train import (
     DISTILL_PROMPTS,
     RETAIN_PROMPTS,
-    Completion,
     distill_anti_expert,
     tune_expert,
 )
+from factflow.serving.reft import Example
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def test_expert_raises_recall_and_keeps_known_answers(model_path: str, tmp_path:
     anti = distill_anti_expert(model_path, 10, tmp_path / "anti", epochs=3, progress=False)
     expert = tune_expert(
         anti,
-        [Completion(prompt=q, completion=a) for q, a, _ in FACTS],
+        [Example(prompt=q, completion=a) for q, a, _ in FACTS],
         tmp_path / "expert",
         epochs=20,
         progress=False,

@@ -215,9 +215,9 @@ def test_fact_tools_record_retrievals_and_gate_proposals(store: FactStore) -> No
 
 
 def test_calculator_is_safe() -> None:
-    from factflow.tools.calculator import calculator, evaluate
+    from factflow.tools.calculator import calculate, calculator
 
-    assert evaluate("(3 + 4) * 2.5") == 17.5 and calculator.invoke({"expression": "2**10"}) == "1024"
+    assert calculate("(3 + 4) * 2.5") == 17.5 and calculator.invoke({"expression": "2**10"}) == "1024"
     for attack in [
         "__import__('os').system('id')",
         "().__class__.__bases__",

@@ -15,7 +15,7 @@ from typing import Any
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CalculatorArgs", "evaluate", "calculator", "make_calculator_tool"]
+__all__ = ["CalculatorArgs", "calculate", "calculator", "make_calculator_tool"]
 
 _BIN: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -80,7 +80,7 @@ def _eval(node: ast.AST) -> float | int:
     raise ValueError(f"'{ast.unparse(node)}' is not allowed: use numbers, + - * / // % ** and math functions")
 
 
-def evaluate(expression: str) -> float | int:
+def calculate(expression: str) -> float | int:
     """Value of an arithmetic expression; ValueError with a fix hint for anything else."""
     if len(expression) > _MAX_LEN:
         raise ValueError(f"expression is longer than {_MAX_LEN} characters")
@@ -99,7 +99,7 @@ def evaluate(expression: str) -> float | int:
 def _run(expression: str) -> str:
     # Errors become observations the model can fix, not exceptions.
     try:
-        value = evaluate(expression)
+        value = calculate(expression)
     except ValueError as exc:
         return f"error: {exc}; please fix the expression and retry"
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
