@@ -12,9 +12,14 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from factflow import __version__
-from factflow.errors import UserError, format_validation_error
-from factflow.settings import Settings
+# Libraries' weight-loading bars and advice print on every command (each `ask` loads the model);
+# set before anything imports transformers/huggingface_hub, and only when the user has not chosen.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from factflow import __version__  # noqa: E402
+from factflow.errors import UserError, format_validation_error  # noqa: E402
+from factflow.settings import Settings  # noqa: E402
 
 __all__ = ["app", "main"]
 
@@ -186,22 +191,40 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 @app.command()
 def ask(
-    question: str = typer.Argument(..., help="The question; the answer is printed to stdout."),
+    question: str | None = typer.Argument(
+        None, help="The question ('-' or none: read it from stdin); the answer is printed to stdout."
+    ),
     thread: str | None = typer.Option(None, help="Continue this conversation thread."),
     engine: str | None = typer.Option(None, help="transformers or vllm (else FACTFLOW_ENGINE)."),
     reft: Path | None = typer.Option(None, help="Apply this LoReFT adapter (transformers engine)."),
     proxy: Path | None = typer.Option(None, help="Proxy-tuned decoding from this config file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as one JSON object."),
     show_sources: bool = typer.Option(False, "--sources", help="Also print cited fact and bullet ids."),
 ) -> None:
-    """One-shot question for scripts. Example: factflow ask 'What is the capital of France?'"""
+    """One-shot question for scripts. Example: factflow ask 'What is the capital of France?'
+
+    The thread id goes to stderr (`--thread ID` continues it); `echo 'question' | factflow ask`
+    reads the question from stdin.
+    """
     from factflow.agent.api import Agent
+    if question is None or question == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UserError(
+                "no question given: pass it as an argument or pipe it in, e.g. echo 'Hi?' | factflow ask"
+            )
+        question = sys.stdin.read()
 
     settings = load_settings(engine=engine)
     with Agent(settings, chat_model=_chat_model_for(settings, reft, proxy)) as agent:
+    if as_json:
+        typer.echo(result.model_dump_json())
+        return
         result = agent.ask(question, thread_id=thread)
     typer.echo(result.answer)
     if show_sources:
         typer.echo(f"facts: {', '.join(result.cited_fact_ids) or '-'}")
+    # stderr keeps stdout the bare answer for scripts
+    err_console.print(f"thread: {result.thread_id}", highlight=False, style="dim")
         typer.echo(f"bullets: {', '.join(result.used_bullet_ids) or '-'}")
 
 
@@ -217,6 +240,25 @@ def chat(
 
     settings = load_settings(engine=engine)
     run_repl(settings, thread_id=thread, chat_model=_chat_model_for(settings, reft, proxy))
+
+@app.command()
+def mcp(
+    port: int | None = typer.Option(
+        None, help="Serve streamable HTTP on http://127.0.0.1:PORT/mcp instead of stdio."
+    ),
+    namespace: str | None = typer.Option(
+        None, help="Tenant this server reads and writes (else FACTFLOW_NAMESPACE)."
+    ),
+) -> None:
+    """factflow's memory and agent as an MCP server (stdio by default). Example: factflow mcp --port 8931"""
+    from factflow.agent.mcp_server import run_server
+    from factflow.memory.store import validate_namespace
+
+    settings = load_settings()
+    if port is not None and not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is out of range: use 1..65535")
+    run_server(settings, namespace=validate_namespace(namespace or settings.namespace), port=port)
+
 
 
 def main() -> None:

@@ -8,9 +8,11 @@
 
 Writes go through `apply`: one SQLite transaction per delta holding the write lock, so concurrent
 writers (threads or processes) serialize; a writer whose cached state is stale first replays the
-ops it missed from the log, then re-validates its delta against the current state (ops that no
-longer make sense, e.g. an UPDATE of a bullet someone removed, are rejected with a reason). No
-update is lost, and nothing a model emits reaches the playbook without passing `apply_ops`.
+ops it missed from the log, then re-validates its delta against the current state. An UPDATE,
+MERGE or REMOVE of a bullet whose text changed since the writer's `base_version` is rejected as
+stale (the caller re-reads and retries) instead of overwriting the newer text; TAG and ADD commute
+and always apply. No update is lost, and nothing a model emits reaches the playbook without
+passing `apply_ops`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,20 +35,40 @@ from factflow.memory.bullets import (
     Bullet,
     Delta,
     LogOp,
+    MergeOp,
     PlaybookState,
+    RejectedOp,
     RemoveOp,
     RestoreOp,
+    UpdateOp,
 )
 from factflow.memory.merge import apply_ops
 from factflow.memory.playbook_db import PlaybookDB, VersionInfo
 from factflow.memory.refine import TextEmbedder, VectorIndex, dedup_ops, prune_ops
-from factflow.memory.render import RenderedPlaybook, TokenCounter, get_token_counter, render_playbook
+from factflow.memory.render import (
+    RenderedPlaybook,
+    TokenCounter,
+    bullet_line,
+    get_token_counter,
+    render_playbook,
+)
 from factflow.memory.roles import Curator, Reflection, Reflector, UsageMeter, tag_ops
 from factflow.settings import Settings, get_settings
 
-__all__ = ["Playbook", "LearnResult", "RenderedPlaybook", "replay"]
+__all__ = ["Playbook", "LearnResult", "RenderedPlaybook", "replay", "playbook_path"]
 
 log = logging.getLogger(__name__)
+
+
+class Reflected(NamedTuple):
+    """One reflection waiting for the Curator, with the ids of the bullets its answer used."""
+
+    question: str
+    reflection: Reflection
+    used_ids: tuple[str, ...] = ()
+
+
+STALE = "stale: "  # prefix of the reason an op is rejected with when its bullet changed since base
 
 
 class LearnResult(BaseModel):
@@ -59,6 +81,21 @@ class LearnResult(BaseModel):
     result: ApplyResult | None = None
     version: int
     skipped: list[str] = Field(default_factory=list)
+
+
+def playbook_path(settings: Settings, namespace: str | None = None) -> Path:
+    """Each namespace (tenant) has its own playbook file.
+
+    The default namespace keeps HOME/playbook.sqlite3; others live in HOME/playbooks/ under the
+    store's injective collection name, so look-alike names (`john_doe`, `john-doe`) never share
+    a file.
+    """
+    from factflow.memory.store import collection_name
+
+    ns = namespace or settings.namespace
+    if ns == "default":
+        return settings.home / "playbook.sqlite3"
+    return settings.home / "playbooks" / f"{collection_name(ns)}.sqlite3"
 
 
 def replay(
@@ -105,13 +142,15 @@ class Playbook:
         embedder: TextEmbedder | None = None,
         token_counter: TokenCounter | None = None,
         dedup_mode: Literal["proactive", "lazy", "off"] | None = None,
+        namespace: str | None = None,
     ) -> Playbook:
-        """Open (creating if needed) the playbook at `path` (default HOME/playbook.sqlite3).
+        """Open (creating if needed) the playbook at `path` (default: the namespace's playbook,
+        `playbook_path(settings, namespace)`; namespace defaults to settings.namespace).
 
         `sections` (name -> id prefix) applies only when the file is created.
         """
         settings = settings or get_settings()
-        file = Path(path) if path is not None else settings.home / "playbook.sqlite3"
+        file = Path(path) if path is not None else playbook_path(settings, namespace)
         try:
             db = PlaybookDB(file.expanduser(), sections or dict(DEFAULT_SECTIONS))
         except Exception as exc:
@@ -166,31 +205,67 @@ class Playbook:
     # ---- writing -------------------------------------------------------------------------------
     def _commit(
         self,
-        ops: list[LogOp],
+        ops: list[LogOp] | Callable[[PlaybookState], list[LogOp]],
         *,
         base_version: int | None,
         author: str,
         reason: str,
         trace_id: str | None,
         kind: str,
+        once: bool = False,
     ) -> tuple[ApplyResult, set[str]]:
+        """One transaction. `ops` may be a function of the current state, evaluated under the write
+        lock (rollback and import: their diff must be against what is committed, not a stale read).
+        `once`: a version with this `trace_id` already committed makes this a no-op."""
         with self._lock:
             with self._db.transaction() as conn:
                 db_version = self._db.read_version_locked()
                 before = self._state.version
                 self._catch_up(db_version)
+                if callable(ops):
+                    ops = ops(self._state)
+                    base_version = db_version if base_version is None else base_version
+                if once and trace_id is not None and self._db.has_trace(trace_id):
+                    reason_done = f"trace {trace_id} was already applied (a resumed batch re-ran)"
+                    rejected = [RejectedOp(op=op, reason=reason_done) for op in ops]
+                    return ApplyResult(
+                        version=db_version, base_version=base_version, rejected=rejected
+                    ), set()
                 conflicts: list[str] = []
+                stale: list[RejectedOp] = []
                 rebased = base_version is not None and base_version != db_version
                 if rebased and base_version is not None:
-                    touched = {i for row in self._db.log_since(base_version) for i in _op_ids(row.ops)}
-                    conflicts = sorted(touched & {i for i in _op_ids(ops)})
+                    since = self._db.log_since(base_version)
+                    touched = {i for row in since for i in _op_ids(row.ops)}
+                    rewritten = {
+                        i for row in since for op in row.ops if op.type != "TAG" for i in _op_ids([op])
+                    }
+                    conflicts = sorted(touched & _op_ids(ops))
+                    keep: list[LogOp] = []
+                    for op in ops:
+                        hit = (
+                            sorted(_op_ids([op]) & rewritten)
+                            if isinstance(op, UpdateOp | MergeOp | RemoveOp)
+                            else []
+                        )
+                        if hit:
+                            stale.append(
+                                RejectedOp(
+                                    op=op,
+                                    reason=f"{STALE}{', '.join(hit)} changed since base version "
+                                    f"{base_version} (now {db_version}); re-read and retry",
+                                )
+                            )
+                        else:
+                            keep.append(op)
+                    ops = keep
                 now = time.time()
                 out = apply_ops(self._state, ops, now=now, trace_id=trace_id)
                 result = ApplyResult(
                     version=out.state.version,
                     base_version=base_version if base_version is not None else before,
                     applied=out.applied,
-                    rejected=out.rejected,
+                    rejected=stale + out.rejected,
                     rebased=rebased,
                     conflicts=conflicts,
                 )
@@ -204,7 +279,7 @@ class Playbook:
                         kind=kind,
                         base_version=base_version,
                         n_applied=len(out.applied),
-                        n_rejected=len(out.rejected),
+                        n_rejected=len(result.rejected),
                         ops=out.applied,
                     )
                     self._db.write_version(conn, out.state, info, out.changed, out.removed)
@@ -221,12 +296,16 @@ class Playbook:
         author: str = "",
         reason: str = "",
         trace_id: str | None = None,
+        once: bool = False,
     ) -> ApplyResult:
         """Validate and apply `delta` as one new version; invalid ops are rejected with reasons.
 
-        Changed bullets are then refined: pruned if their harmful tags dominate, and with
-        `dedup_mode="proactive"` de-duplicated; when that finds anything it commits one more
-        version authored "refine" (so `result.version` may not be the newest version).
+        With `base_version`, UPDATE/MERGE/REMOVE of bullets rewritten since then are rejected as
+        stale (reason starts with "stale: "). With `once`, a `trace_id` already in the log makes
+        the call a no-op (a resumed adaptation batch must not tag twice).
+        Changed bullets are then refined: pruned only if their harmful tags dominate
+        overwhelmingly, and with `dedup_mode="proactive"` de-duplicated; when that finds anything
+        it commits one more version authored "refine" (so `result.version` may not be the newest).
         """
         result, changed = self._commit(
             list(delta.ops),
@@ -235,6 +314,7 @@ class Playbook:
             reason=reason or delta.reason,
             trace_id=trace_id,
             kind="delta",
+            once=once,
         )
         if changed:  # pruning is cheap and always on; de-duplication only when proactive
             self.refine(sorted(changed), dedup=self.dedup_mode == "proactive")
@@ -282,11 +362,16 @@ class Playbook:
                 )
             if not ops:
                 return None
+            pruned_why = "; ".join(f"{op.id} {op.reason}" for op in ops if isinstance(op, RemoveOp))
+            for op in ops:
+                if isinstance(op, RemoveOp):
+                    log.info("pruning %s: %s", op.id, op.reason)
             result, _ = self._commit(
                 ops,
                 base_version=state.version,
                 author="refine",
-                reason=f"dedup >= {self.settings.dedup_threshold} / prune harmful",
+                reason=f"dedup >= {self.settings.dedup_threshold}"
+                + (f"; {pruned_why}" if pruned_why else ""),
                 trace_id=None,
                 kind="refine",
             )
@@ -299,28 +384,31 @@ class Playbook:
         return self._counter
 
     def render(self, query: str = "", budget_tokens: int | None = None) -> RenderedPlaybook:
-        """The playbook as a prompt block of at most `budget_tokens` (default from settings)."""
+        """The playbook as a prompt block of at most `budget_tokens` (default from settings).
+
+        Holds the handle's lock: the token cache and the vector index are shared by threads."""
         budget = self.settings.playbook_token_budget if budget_tokens is None else budget_tokens
-        counter = self._get_counter()
-        cache = self._line_tokens
+        with self._lock:
+            counter = self._get_counter()
+            cache = self._line_tokens
 
-        def line_tokens(b: Bullet) -> int:
-            key = f"{b.id}\0{b.content}"
-            if key not in cache:
-                cache[key] = counter.count(f"[{b.id}] {b.content}") + 1
-            return cache[key]
+            def line_tokens(b: Bullet) -> int:
+                line = bullet_line(b)
+                if line not in cache:
+                    cache[line] = counter.count(line) + 1
+                return cache[line]
 
-        state = self.state()
-        relevance: dict[str, float] | None = None
-        rendered = render_playbook(state, counter, budget, None, line_tokens)
-        if rendered.omitted and self.dedup_mode == "lazy" and self.refine() is not None:
-            state = self.state()  # lazy mode: de-duplicate only once the budget is actually exceeded
+            state = self.state()
+            relevance: dict[str, float] | None = None
             rendered = render_playbook(state, counter, budget, None, line_tokens)
-        if rendered.omitted and query:  # over budget: relevance to the query picks half of the bullets
-            index = self._synced_index()
-            relevance = index.scores(self._get_embedder().embed([query])[0])
-            rendered = render_playbook(state, counter, budget, relevance, line_tokens)
-        return rendered
+            if rendered.omitted and self.dedup_mode == "lazy" and self.refine() is not None:
+                state = self.state()  # lazy mode: de-duplicate only once the budget is exceeded
+                rendered = render_playbook(state, counter, budget, None, line_tokens)
+            if rendered.omitted and query:  # over budget: relevance to the query picks half the bullets
+                index = self._synced_index()
+                relevance = index.scores(self._get_embedder().embed([query])[0])
+                rendered = render_playbook(state, counter, budget, relevance, line_tokens)
+            return rendered
 
     # ---- learning ------------------------------------------------------------------------------
     def learn(
@@ -332,24 +420,28 @@ class Playbook:
         trajectory: str = "",
         used_bullet_ids: Iterable[str] = (),
         *,
+        reasoning: str = "",
         trace_id: str | None = None,
-        reflector_rounds: int = 1,
         meter: UsageMeter | None = None,
     ) -> LearnResult:
-        """Reflect on one answered question, curate a delta, apply it (ACE's online step)."""
+        """Reflect on one answered question, curate a delta, apply it (ACE's online step).
+
+        Only `used_bullet_ids` (the bullets the answer cited) are shown to the Reflector and can
+        be tagged; an answer that cited none tags nothing."""
+        used = self.known_ids(used_bullet_ids)
         reflection, skipped = self.reflect(
-            question,
-            answer,
-            feedback,
-            chat_model,
-            trajectory,
-            used_bullet_ids,
-            reflector_rounds=reflector_rounds,
-            meter=meter,
+            question, answer, feedback, chat_model, trajectory, used, reasoning=reasoning, meter=meter
         )
         if reflection is None:
             return LearnResult(version=self.version, skipped=skipped)
-        return self.curate([(question, reflection)], chat_model, trace_id=trace_id, meter=meter)
+        return self.curate(
+            [Reflected(question, reflection, tuple(used))], chat_model, trace_id=trace_id, meter=meter
+        )
+
+    def known_ids(self, ids: Iterable[str]) -> list[str]:
+        """`ids` that name current bullets, de-duplicated, in order."""
+        bullets = self.state().bullets
+        return [i for i in dict.fromkeys(ids) if i in bullets]
 
     def reflect(
         self,
@@ -360,53 +452,95 @@ class Playbook:
         trajectory: str = "",
         used_bullet_ids: Iterable[str] = (),
         *,
-        reflector_rounds: int = 1,
+        reasoning: str = "",
         meter: UsageMeter | None = None,
     ) -> tuple[Reflection | None, list[str]]:
+        """The Reflector's diagnosis of one answer: it sees the question, the reasoning and answer,
+        the tool trajectory, the feedback and the bullets used (with their counters)."""
         state = self.state()
-        shown = [state.bullets[i] for i in dict.fromkeys(used_bullet_ids) if i in state.bullets]
-        reflector = Reflector(chat_model, meter=meter, rounds=reflector_rounds)
-        traj = trajectory or f"answer: {answer}"
-        reflection, reason = reflector.reflect(question, traj, feedback, shown)
+        shown = [state.bullets[i] for i in self.known_ids(used_bullet_ids)]
+        reflection, reason = Reflector(chat_model, meter=meter).reflect(
+            question, answer, feedback, shown, reasoning=reasoning, trajectory=trajectory
+        )
         return reflection, ([reason] if reason else [])
+
+    def curator_stats(self, rendered: RenderedPlaybook) -> str:
+        """What the Curator is told about size: bullets, rendered tokens against the budget."""
+        n = len(self.state().bullets)
+        budget = self.settings.playbook_token_budget
+        left_out = f", {rendered.omitted} left out of the prompt" if rendered.omitted else ""
+        return f"{n} bullets; the rendered playbook uses {rendered.tokens} of {budget} tokens{left_out}."
 
     def curate(
         self,
-        reflections: list[tuple[str, Reflection]],
+        reflections: Sequence[Reflected | tuple[str, Reflection] | tuple[str, Reflection, Sequence[str]]],
         chat_model: Any,
         *,
-        shown_ids: Iterable[str] = (),
         trace_id: str | None = None,
+        once: bool = False,
         meter: UsageMeter | None = None,
     ) -> LearnResult:
-        """Batch curation: one Curator call for several reflections, then one apply."""
-        state = self.state()
-        base = state.version
-        rendered = self.render(" ".join(q for q, _ in reflections))
-        allowed = set(shown_ids) | set(rendered.bullet_ids)
-        ops = [op for _, r in reflections for op in tag_ops(r, allowed)]
-        curated, notes = Curator(chat_model, meter=meter).curate(
-            reflections, rendered.text, list(state.sections), add_only=not rendered.bullet_ids
-        )
-        skipped = list(notes)
-        if curated is not None:
-            ops.extend(curated)
-        last = reflections[-1][1]
-        delta = Delta(ops=ops, reason=last.key_insight[:300])
-        if not ops:
-            return LearnResult(reflection=last, delta=delta, version=self.version, skipped=skipped)
-        result = self.apply(delta, base_version=base, author="curator", trace_id=trace_id)
-        for r in result.rejected:
-            log.info("curator op rejected: %s", r.reason)
+        """Batch curation: the reflections' tags (each only for the bullets its answer used) plus
+        one Curator call, applied as one delta. A Curator op rejected as stale (another writer
+        rewrote its bullet meanwhile) is retried once against the fresh playbook. `once` with a
+        `trace_id`: a batch already applied under that id (a resumed run) is not applied again."""
+        items = [Reflected(r[0], r[1], tuple(r[2]) if len(r) > 2 else ()) for r in reflections]  # type: ignore[misc]
+        pairs = [(it.question, it.reflection) for it in items]
+        tags = [op for it in items for op in tag_ops(it.reflection, set(it.used_ids))]
+        last = items[-1].reflection
+        skipped: list[str] = []
+        result: ApplyResult | None = None
+        delta = Delta(ops=list(tags), reason=last.key_insight[:300])
+        for attempt in (1, 2):
+            state = self.state()
+            base = state.version
+            rendered = self.render(" ".join(q for q, _ in pairs))
+            curated, notes = Curator(chat_model, meter=meter).curate(
+                pairs,
+                rendered.text,
+                list(state.sections),
+                add_only=not rendered.bullet_ids,
+                stats=self.curator_stats(rendered),
+            )
+            skipped += notes
+            ops = (list(tags) if attempt == 1 else []) + list(curated or [])
+            if not ops:
+                break
+            delta = Delta(ops=ops, reason=last.key_insight[:300])
+            result = self.apply(
+                delta, base_version=base, author="curator", trace_id=trace_id, once=once and attempt == 1
+            )
+            for r in result.rejected:
+                log.info("curator op rejected: %s", r.reason)
+            if (
+                attempt == 1
+                and once
+                and result.rejected
+                and not result.applied
+                and all("already applied" in r.reason for r in result.rejected)
+            ):
+                skipped.append(f"batch {trace_id} was already applied: not applied again")
+                break
+            if not any(r.reason.startswith(STALE) for r in result.rejected):
+                break
+            skipped.append("curator ops were stale (the playbook changed meanwhile): curating again")
         return LearnResult(reflection=last, delta=delta, result=result, version=self.version, skipped=skipped)
 
     # ---- rollback, export, import ----------------------------------------------------------------
     def _restore_to(self, target: PlaybookState, *, author: str, reason: str, kind: str) -> ApplyResult:
-        current = self.state()
-        ops: list[LogOp] = [RemoveOp(id=i) for i in current.bullets if i not in target.bullets]
-        ops += [RestoreOp(bullet=b) for i, b in target.bullets.items() if current.bullets.get(i) != b]
+        """Make `target`'s bullets current as one version. The diff is computed inside the write
+        transaction, against the committed state, so a concurrent writer is never overwritten by
+        a diff made from an older read; the version row records the base it was computed on."""
+
+        def diff(current: PlaybookState) -> list[LogOp]:
+            ops: list[LogOp] = [
+                RemoveOp(id=i, reason=reason) for i in current.bullets if i not in target.bullets
+            ]
+            ops += [RestoreOp(bullet=b) for i, b in target.bullets.items() if current.bullets.get(i) != b]
+            return ops
+
         result, _ = self._commit(
-            ops, base_version=None, author=author, reason=reason, trace_id=None, kind=kind
+            diff, base_version=None, author=author, reason=reason, trace_id=None, kind=kind
         )
         return result
 
