@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,11 +46,26 @@ class Settings(BaseSettings):
         DEFAULT_MODEL,
         description="'default' (embedded SmolLM2-135M-Instruct), a local HF model folder, or a hub id.",
     )
-    engine: Literal["transformers", "vllm"] = Field(
-        "transformers", description="In-process transformers, or a vLLM OpenAI-compatible server."
+    engine: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers",
+        description="In-process transformers, factflow's vLLM server, or any OpenAI-compatible endpoint.",
     )
     base_url: str | None = Field(
-        None, description="URL of an already running vLLM server (e.g. http://127.0.0.1:8000/v1)."
+        None, description="URL of an already running server's /v1 root (e.g. http://127.0.0.1:8000/v1)."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Bearer key for base_url (engine openai); never printed or logged."
+    )
+    served_model: str | None = Field(
+        None, description="Model id at base_url (default: the first id its /v1/models lists)."
+    )
+    tool_calls: Literal["auto", "native", "json_action"] = Field(
+        "auto",
+        description="native: the server's tools/tool_calls; json_action: factflow's constrained JSON "
+        "action; auto: native when one probe call returns well-formed tool_calls, else json_action.",
+    )
+    agent_token: SecretStr | None = Field(
+        None, description="Bearer token `serve --agent` requires; without one it binds loopback only."
     )
     host: str = Field("127.0.0.1", description="Where `factflow serve` listens (loopback by default).")
     port: int = Field(8765, ge=1, le=65535, description="Port of `factflow serve`.")
@@ -64,6 +79,11 @@ class Settings(BaseSettings):
         None, description="Chroma server URL (http://host:port); unset = embedded store under HOME."
     )
     namespace: str = Field("default", description="Tenant whose facts the agent sees.")
+    checkpoint_url: str | None = Field(
+        None,
+        description="Where agent threads are kept: postgresql://... shares them between processes and "
+        "hosts (needs the `postgres` extra); unset = HOME/threads.sqlite3.",
+    )
     playbook_token_budget: int = Field(1200, ge=0, description="Tokens the rendered playbook may use.")
     playbook_tokenizer: str = Field(
         "model",
@@ -72,7 +92,10 @@ class Settings(BaseSettings):
         ),
     )
     playbook_prune_min_harmful: int = Field(
-        3, ge=1, description="Prune a bullet once harmful >= this and harmful > 2 x helpful."
+        10, ge=1, description="Prune a bullet once harmful >= this and harmful > 4 x helpful."
+    )
+    reflector_rounds: int = Field(
+        3, ge=1, le=10, description="ACE reflection rounds: a wrong answer is retried with the reflection."
     )
     dedup_threshold: float = Field(0.90, gt=0.0, le=1.0, description="Cosine at which bullets merge.")
     dedup_mode: Literal["proactive", "lazy", "off"] = Field(

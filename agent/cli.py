@@ -138,8 +138,15 @@ def serve(
     reft: Path | None = typer.Option(None, help="Serve with this LoReFT adapter folder applied."),
     proxy: Path | None = typer.Option(None, help="Serve proxy-tuned decoding from this config file."),
     eager: bool = typer.Option(False, help="Skip torch.compile: starts faster, decodes slower."),
+    agent: bool = typer.Option(
+        False, "--agent", help="Serve the agent (memory, citations) as an OpenAI API; port 8100 by default."
+    ),
 ) -> None:
-    """Start vLLM's OpenAI-compatible server on the configured model. Example: factflow serve --port 8000"""
+    """Start vLLM's OpenAI-compatible server on the configured model, or with --agent the agent
+    itself. Examples: factflow serve --port 8000; factflow serve --agent"""
+    if agent:
+        _serve_agent(model, host, port, reft, proxy)
+        return
     from factflow.serving.models import resolve_model
     from factflow.serving.vllm_server import VLLMServer
 
@@ -174,7 +181,10 @@ def serve(
     try:
         with console.status(f"starting vLLM on {served} (45-60 s on a CPU)..."):
             server.start()
-        console.print(f"vLLM listening on [bold]{server.base_url}[/] (model 'factflow'); Ctrl-C stops it")
+        console.print(
+            f"vLLM listening on [bold]{server.base_url}[/] "
+            f"(model '{server.served_model_name}'); Ctrl-C stops it"
+        )
         console.print(f"use it: FACTFLOW_ENGINE=vllm FACTFLOW_BASE_URL={server.base_url} factflow chat")
         while server.process is not None and server.process.poll() is None:
             time.sleep(1.0)
@@ -187,6 +197,21 @@ def serve(
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+AGENT_PORT = 8100
+
+
+def _serve_agent(
+    model: str | None, host: str | None, port: int | None, reft: Path | None, proxy: Path | None
+) -> None:
+    """`serve --agent`: the agent over HTTP (agent/server.py); its model comes from the settings."""
+    from factflow.agent.server import serve_agent
+
+    if reft is not None or proxy is not None:
+        raise UserError("--agent serves the configured engine; --reft/--proxy apply to `factflow serve` only")
+    settings = load_settings(model=model)  # --host/--port are the agent's, not the model server's
+    serve_agent(settings, host or "127.0.0.1", port or AGENT_PORT, ready=lambda line: console.print(line))
 
 
 @app.command()

@@ -6,7 +6,8 @@
 
 retrieve: hybrid fact search + playbook render within the token budget. generate: the chat model
 with the bullets `[id] text` and facts `[id] text` in the system prompt and the tools bound
-(`chat_model.bind_tools`: native tool calls on vLLM, the constrained JSON action format otherwise).
+(`chat_model.bind_tools`: the server's native tool calls where FACTFLOW_TOOL_CALLS resolves to
+"native", the constrained JSON action format otherwise; serving/structured.py).
 tools: runs the calls; errors become observations the model sees ("... fix and retry"), never
 exceptions. cite: ids written as `[id]` in the answer, validated against the ids shown this turn;
 when the model cited nothing valid, a constrained pass whose JSON schema is an enum of the shown
@@ -22,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -34,7 +36,7 @@ from langchain_core.messages import (
 from langchain_core.tools import BaseTool
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Overwrite
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from factflow.agent.cite import attribute, citation_model, parse_citations, strip_unknown_markers
 from factflow.agent.prompts import TOOL_BUDGET_NOTE, cite_prompt, decide_note, system_prompt
@@ -260,7 +262,8 @@ def build_graph(
                 .with_config(tags=[CONTROL_TAG])
                 .invoke([*prompt[:-1], HumanMessage(content=f"{prompt[-1].content}\n\n{note}")])
             )
-        except Exception as exc:  # invalid structured output: a logged, skipped step -> answer
+        except (OutputParserException, ValidationError) as exc:  # invalid output: skipped -> answer
+            # (a dead server or a bug propagates: the turn fails instead of quietly skipping tools)
             log.warning("tool decision failed: %s", exc)
             return "answer" if "answer" in options else options[0]
         data = picked.model_dump() if isinstance(picked, BaseModel) else dict(picked)
@@ -353,7 +356,7 @@ def build_graph(
         prompt = cite_prompt(state["question"], answer, facts, state.get("playbook_text", ""))
         try:
             picked = chat_model.with_structured_output(schema).invoke([HumanMessage(content=prompt)])
-        except Exception as exc:  # invalid structured output is a logged, skipped step
+        except (OutputParserException, ValidationError) as exc:  # invalid output: a skipped step
             log.warning("citation pass failed: %s", exc)
             return [], []
         data = picked.model_dump() if isinstance(picked, BaseModel) else dict(picked)  # type: ignore[call-overload]

@@ -70,8 +70,10 @@ class VLLMServer:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         startup_timeout: float = 420.0,
+        served_model_name: str = SERVED_MODEL_NAME,
     ) -> None:
         self.model = model
+        self.served_model_name = served_model_name  # clients find it through /v1/models
         self.host = host
         self.port = port or free_port()
         self.dtype = dtype
@@ -90,7 +92,7 @@ class VLLMServer:
         return [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", self.model,
-            "--served-model-name", SERVED_MODEL_NAME,
+            "--served-model-name", self.served_model_name,
             "--host", self.host,
             "--port", str(self.port),
             "--dtype", self.dtype,
