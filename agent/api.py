@@ -7,17 +7,17 @@
     result.answer, result.cited_fact_ids, result.writeback
     agent.feedback(result.thread_id, "correct")      # reflect -> curate -> new playbook version
 
-Threads are checkpointed by LangGraph's SqliteSaver in HOME/threads.sqlite3, so a thread resumes
-after a restart. The compiled graph is `agent.graph` for apps that compose it.
+Threads are checkpointed in HOME/threads.sqlite3 (async SQLite saver; Postgres with
+FACTFLOW_CHECKPOINT_URL; or any LangGraph checkpointer passed in), so a thread resumes after a
+restart. Each namespace has its own playbook and its own threads. The compiled graph is
+`agent.graph` for apps that compose it; `invoke` and `await ainvoke` both work on it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
-import sqlite3
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -168,6 +168,27 @@ class AnswerExtractor:
         return "".join(out)
 
 
+class _TokenFilter:
+    """Turns LangGraph `messages`/`updates` stream items into StreamEvents: answer text only
+    (tool decisions and arguments are tagged CONTROL_TAG and never shown)."""
+
+    def __init__(self) -> None:
+        self.extractor, self.run_id = AnswerExtractor(), None
+
+    def events(self, mode: str, payload: Any) -> list[StreamEvent]:
+        if mode == "updates":
+            return [StreamEvent(kind="node", node=str(node)) for node in payload]
+        chunk, meta = payload
+        if meta.get("langgraph_node") != "generate" or not isinstance(chunk, AIMessageChunk):
+            return []
+        if CONTROL_TAG in (meta.get("tags") or []):
+            return []
+        if chunk.id != self.run_id:  # a new generate call (after a tool round): new stream
+            self.extractor, self.run_id = AnswerExtractor(), chunk.id
+        text = self.extractor.feed(chunk.content if isinstance(chunk.content, str) else "")
+        return [StreamEvent(kind="token", node="generate", text=text)] if text else []
+
+
 class Agent:
     """The factflow agent: one chat model, one fact store, one playbook, persistent threads."""
 
@@ -182,15 +203,18 @@ class Agent:
         persist: bool = True,
         namespace: str | None = None,
         tool_choice: str | None = None,
+        checkpointer: Any = None,
     ) -> None:
         """Every argument is optional: `Agent()` runs the embedded default from the settings.
 
         `chat_model`/`store`/`playbook` replace the configured ones; `tools` are added to the
         built-in ones; `persist=False` keeps threads in memory only; `tool_choice` ("any" or a
-        tool name) makes the first step of every turn a tool call.
+        tool name) makes the first step of every turn a tool call; `checkpointer` is any
+        LangGraph checkpointer (the caller closes it), else `open_checkpointer(settings)`.
         """
         self.settings = settings or get_settings()
         self.namespace = namespace or self.settings.namespace
+        self._owned: list[Any] = []  # what this Agent opened and so closes
         if chat_model is None:
             from factflow.serving.engines import load_chat_model
 
@@ -202,21 +226,17 @@ class Agent:
         if playbook is None:
             from factflow.memory.playbook import Playbook
 
-            playbook = Playbook.open(settings=self.settings)
+            playbook = Playbook.open(settings=self.settings, namespace=self.namespace)
+            self._owned.append(playbook)
         self.chat_model = chat_model
         self.store = store
         self.playbook = playbook
-        self._conn: sqlite3.Connection | None = None
-        checkpointer: Any
-        if persist:
-            from langgraph.checkpoint.sqlite import SqliteSaver
+        if checkpointer is None and persist:
+            from factflow.agent.checkpoint import open_checkpointer
 
-            self.settings.home.mkdir(parents=True, exist_ok=True)
-            # the saver serializes access with its own lock, so one connection serves all threads
-            self._conn = sqlite3.connect(str(self.settings.home / "threads.sqlite3"), check_same_thread=False)
-            checkpointer = SqliteSaver(self._conn)
-            checkpointer.setup()
-        else:
+            checkpointer = open_checkpointer(self.settings)
+            self._owned.append(checkpointer)
+        elif checkpointer is None:
             from langgraph.checkpoint.memory import InMemorySaver
 
             checkpointer = InMemorySaver()
@@ -254,9 +274,10 @@ class Agent:
             )
         return question
 
-    @staticmethod
-    def _config(thread_id: str) -> dict[str, Any]:
-        return {"configurable": {"thread_id": thread_id}}
+    def _config(self, thread_id: str) -> dict[str, Any]:
+        # Namespaces share one checkpointer (a Postgres one may serve many replicas), so a thread
+        # is stored under "namespace/id"; namespaces cannot contain "/", so keys never collide.
+        return {"configurable": {"thread_id": f"{self.namespace}/{thread_id}"}}
 
     def _result(self, thread_id: str, values: dict[str, Any]) -> AskResult:
         wb = values.get("writeback")
@@ -289,51 +310,35 @@ class Agent:
 
     def _stream(self, question: str, thread_id: str) -> Iterator[StreamEvent]:
         cfg = self._config(thread_id)
-        extractor, run_id = AnswerExtractor(), None
+        tokens = _TokenFilter()
         for mode, payload in self.graph.stream(
             {"question": question, "feedback": None}, cfg, stream_mode=["messages", "updates"]
         ):
-            if mode == "messages":
-                chunk, meta = payload
-                if meta.get("langgraph_node") != "generate" or not isinstance(chunk, AIMessageChunk):
-                    continue
-                if CONTROL_TAG in (meta.get("tags") or []):  # tool decisions/arguments, not answer text
-                    continue
-                if chunk.id != run_id:  # a new generate call (after a tool round): new stream
-                    extractor, run_id = AnswerExtractor(), chunk.id
-                text = extractor.feed(chunk.content if isinstance(chunk.content, str) else "")
-                if text:
-                    yield StreamEvent(kind="token", node="generate", text=text)
-            elif mode == "updates":
-                for node in payload:
-                    yield StreamEvent(kind="node", node=str(node))
+            yield from tokens.events(mode, payload)
         values = self.graph.get_state(cfg).values
         yield StreamEvent(kind="result", result=self._result(thread_id, values))
 
     async def aask(self, question: str, thread_id: str | None = None) -> AskResult:
-        """`ask` off the event loop (the engines are synchronous; a worker thread keeps the loop free)."""
-        return await asyncio.to_thread(self.ask, question, thread_id)
+        """`ask` for asyncio apps: `graph.ainvoke` on the async checkpointer (the engines'
+        synchronous calls run in LangGraph's executor threads, so the loop stays free)."""
+        question = self._check_question(question)
+        thread_id = thread_id or uuid.uuid4().hex[:12]
+        values = await self.graph.ainvoke({"question": question, "feedback": None}, self._config(thread_id))
+        return self._result(thread_id, values)
 
     async def astream(self, question: str, thread_id: str | None = None) -> AsyncIterator[StreamEvent]:
-        """`stream` for asyncio apps: events are produced in a worker thread and awaited here."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()
-
-        def produce() -> None:
-            try:
-                for event in self.stream(question, thread_id):
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
-            except BaseException as exc:  # re-raised in the consumer
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-
-        worker = threading.Thread(target=produce, daemon=True)
-        worker.start()
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        """`stream` for asyncio apps, on `graph.astream`."""
+        question = self._check_question(question)
+        thread_id = thread_id or uuid.uuid4().hex[:12]
+        cfg = self._config(thread_id)
+        tokens = _TokenFilter()
+        async for mode, payload in self.graph.astream(
+            {"question": question, "feedback": None}, cfg, stream_mode=["messages", "updates"]
+        ):
+            for event in tokens.events(mode, payload):
+                yield event
+        values = (await self.graph.aget_state(cfg)).values
+        yield StreamEvent(kind="result", result=self._result(thread_id, values))
 
     # -- learning ----------------------------------------------------------------------------
 
@@ -377,18 +382,15 @@ class Agent:
 
     def threads(self) -> list[ThreadInfo]:
         """Threads with checkpoints, most recently used first."""
-        ids: list[str] = []
-        if self._conn is not None:
-            rows = self._conn.execute(
-                "SELECT thread_id, MAX(checkpoint_id) AS last FROM checkpoints"
-                " GROUP BY thread_id ORDER BY last DESC"
-            ).fetchall()
-            ids = [str(r[0]) for r in rows]
-        else:
-            seen: dict[str, None] = {}
-            for tup in self.checkpointer.list(None):
-                seen.setdefault(str(tup.config["configurable"]["thread_id"]), None)
-            ids = list(seen)
+        prefix = f"{self.namespace}/"
+        last: dict[str, str] = {}  # thread id -> newest checkpoint id (uuid6: sorts by time)
+        for tup in self.checkpointer.list(None):
+            conf = tup.config["configurable"]
+            key = str(conf["thread_id"])
+            if key.startswith(prefix):
+                thread_id = key[len(prefix) :]
+                last[thread_id] = max(last.get(thread_id, ""), str(conf.get("checkpoint_id", "")))
+        ids = sorted(last, key=lambda t: last[t], reverse=True)
         out = []
         for thread_id in ids:
             messages = self.graph.get_state(self._config(thread_id)).values.get("messages", [])
@@ -400,7 +402,7 @@ class Agent:
 
     def delete_thread(self, thread_id: str) -> None:
         """Forget a thread's checkpoints (facts and playbook stay)."""
-        self.checkpointer.delete_thread(thread_id)
+        self.checkpointer.delete_thread(self._config(thread_id)["configurable"]["thread_id"])
 
     def why(self, thread_id: str) -> TurnRecord:
         """Sources and bullets behind the thread's last answer."""
@@ -452,10 +454,9 @@ class Agent:
         }
 
     def close(self) -> None:
-        """Release the checkpoint database and the store."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Release the thread store, the playbook this Agent opened, and the store."""
+        while self._owned:
+            self._owned.pop().close()
         closer = getattr(self.store, "close", None)
         if callable(closer):
             closer()
