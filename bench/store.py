@@ -109,17 +109,11 @@ def bench_search(store: FactStore, size: int, n_queries: int, real: bool) -> dic
             Fact(id=f"b-{start + j}", text=t, namespace=ns, origin="document") for j, t in enumerate(texts)
         ]
         if real:
-            vecs = store._embed(texts)
+            vecs = store.embed(texts)
         else:
             vecs = np.random.default_rng(start).standard_normal((len(texts), 384)).astype(np.float32)
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        col.upsert(
-            ids=[f.id for f in facts],
-            embeddings=vecs,
-            documents=texts,
-            metadatas=[store._to_meta(f) for f in facts],
-        )
-    store._writes[ns] = store._writes.get(ns, 0) + 1
+        store._write(ns, facts, embeddings=vecs)
     t0 = time.perf_counter()
     store.search("warm up the lexical index", k=5, namespace=ns)
     build = time.perf_counter() - t0
@@ -192,7 +186,7 @@ def run(
         # Share the pulled models folder so the judge does not convert the default model again.
         settings = Settings(home=Path(tmp) / "home", models_dir=Settings().resolved_models_dir)
         with FactStore.open(settings) as store:
-            store._embed(["warm up"])
+            store.embed(["warm up"])
             result: dict[str, Any] = {"ingest": bench_ingest(store, Path(tmp), ingest_chunks)}
             result["search"] = [bench_search(store, n, n_queries, real) for n in sizes]
             verifiers: dict[str, Verifier] = {"grounding": GroundingVerifier()}

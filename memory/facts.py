@@ -106,7 +106,7 @@ class AuditEntry(_Strict):
     id: str
     at: datetime
     namespace: str
-    action: Literal["accept", "reject", "invalidate", "error"]
+    action: Literal["accept", "reject", "invalidate", "delete", "error"]
     text: str
     fact_ids: list[str] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list)

@@ -13,16 +13,7 @@ from factflow.memory.facts import Fact
 from factflow.memory.store import FactStore, chunk_text, collection_name
 from factflow.settings import Settings
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # MiniLM on a shared 2-core box: 1 torch thread is ~10x faster than 2 under contention.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -256,3 +247,36 @@ def test_langgraph_base_store(store: FactStore) -> None:
     assert lg.get(("users", "alice"), "tea") is None
     assert store.get("lg:tea", namespace="users.alice") is not None  # history kept
     assert asyncio.run(lg.aget(("users", "bob"), "tea")).value["kind"] == "pref"  # type: ignore[union-attr]
+
+
+def test_legacy_chroma_audit_entries_move_to_sqlite(tmp_path: Path) -> None:
+    """Stores written before the audit log moved to SQLite kept it in a Chroma collection with a
+    dummy embedding: opening such a store moves every entry over and drops the collection."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    from factflow.memory.facts import AuditEntry, utcnow
+    from factflow.memory.store_audit import LEGACY_AUDIT_COLLECTION
+
+    path = tmp_path / "home" / "facts" / "chroma"
+    client = chromadb.PersistentClient(path=str(path), settings=ChromaSettings(anonymized_telemetry=False))
+    old = client.get_or_create_collection(LEGACY_AUDIT_COLLECTION, embedding_function=None)
+    entries = [
+        AuditEntry(id=f"a-{i}", at=utcnow(), namespace="default", action="reject", text=f"claim {i}")
+        for i in range(3)
+    ]
+    old.add(
+        ids=[e.id for e in entries],
+        embeddings=[[1.0]] * 3,
+        documents=[e.model_dump_json() for e in entries],
+        metadatas=[{"namespace": "default", "at": e.at.timestamp(), "action": e.action} for e in entries],
+    )
+    del old, client
+    with FactStore.open(Settings(home=tmp_path / "home")) as store:
+        assert [e.text for e in store.audit_log()] == ["claim 0", "claim 1", "claim 2"]
+        assert LEGACY_AUDIT_COLLECTION not in [c.name for c in store._client.list_collections()]
+        store.teach("Acme Corp is headquartered in Lyon.")
+        store.invalidate(store.search("Acme", k=1)[0].fact.id)
+    with FactStore.open(Settings(home=tmp_path / "home")) as store:  # kept across reopen, no duplicates
+        assert [e.action for e in store.audit_log()] == ["reject"] * 3 + ["invalidate"]
+        assert (path / "factflow-audit.sqlite3").is_file()

@@ -46,6 +46,15 @@ def test_unreachable_server_is_a_user_error() -> None:
         FactStore.open(Settings(chroma_url=f"http://127.0.0.1:{_free_port()}"))
 
 
+_SERVERS: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def _stop_server(url: str) -> None:
+    proc = _SERVERS.pop(url)
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
 @pytest.fixture
 def chroma_server(tmp_path: Path):
     port = _free_port()
@@ -56,6 +65,7 @@ def chroma_server(tmp_path: Path):
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
+    _SERVERS[url] = proc
     try:
         import httpx
 
@@ -70,8 +80,9 @@ def chroma_server(tmp_path: Path):
             pytest.fail("chroma server did not start within 60 s")
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if _SERVERS.pop(url, None) is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -92,6 +103,19 @@ def test_server_mode_shares_one_store_between_clients(chroma_server: str, tmp_pa
     assert not d.accepted and a.audit_log("john_doe")[-1].action == "reject"
     a.close()
     b.close()
+
+
+def test_server_going_away_is_reported_as_unreachable(chroma_server: str, tmp_path: Path) -> None:
+    """A dead server is "cannot reach", never "unknown namespace"."""
+    store = FactStore.open(Settings(home=tmp_path, chroma_url=chroma_server))
+    assert store.namespaces() == ["default"]
+    with pytest.raises(UserError, match="unknown namespace 'nobody'"):
+        store.collection("nobody")
+    _stop_server(chroma_server)
+    with pytest.raises(UserError, match="cannot reach the Chroma server at") as err:
+        store.collection("nobody")
+    assert "unknown namespace" not in str(err.value)
+    store.close()
 
 
 _WRITER = """
