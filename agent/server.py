@@ -28,7 +28,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -58,7 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AGENT_MODEL_ID = "factflow-agent"
-_THREAD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")  # no "/": it separates namespaces
+_THREAD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
 _CHARS_PER_CONTEXT_TOKEN = 8  # a question longer than this many chars per context token is refused unread
 _T = TypeVar("_T")
 
@@ -129,7 +129,8 @@ class StreamText:
 
 
 class AgentHub:
-    """The agents behind the server: one per namespace, sharing model, store and playbook."""
+    """The agents behind the server: one per namespace (each with its playbook), sharing the
+    model, the fact store and the thread checkpointer."""
 
     def __init__(self, settings: Settings, agent: Agent | None = None) -> None:
         self.settings = settings
@@ -154,57 +155,53 @@ class AgentHub:
                     self.settings,
                     chat_model=self.default.chat_model,
                     store=self.default.store,
-                    playbook=self.default.playbook,
+                    checkpointer=self.default.checkpointer,
                     namespace=ns,
                 )
             return self.agents[ns]
 
-    def key(self, agent: Agent, thread: str) -> str:
-        """Checkpoint key: namespaces never share a thread (thread ids cannot contain '/')."""
-        return thread if agent is self.default else f"{agent.namespace}/{thread}"
-
-    def lock(self, key: str) -> threading.Lock:
+    def lock(self, agent: Agent, thread: str) -> threading.Lock:
         with self._guard:
-            return self.locks.setdefault(key, threading.Lock())
+            return self.locks.setdefault(f"{agent.namespace}/{thread}", threading.Lock())
 
     async def run(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        for agent in self.agents.values():
-            if agent is not self.default and agent._conn is not None:
-                agent._conn.close()  # its store is the default agent's, closed below
+        for agent in self.agents.values():  # closing the shared store twice is a no-op
+            if agent is not self.default:
+                agent.close()
         self.default.close()
 
 
-def _state(agent: Agent, key: str) -> Any:
-    return agent.graph.get_state({"configurable": {"thread_id": key}})
+def _state(agent: Agent, thread: str) -> Any:
+    return agent.graph.get_state(agent._config(thread))
 
 
-def _exists(agent: Agent, key: str) -> bool:
-    return bool(_state(agent, key).values.get("question"))
+def _exists(agent: Agent, thread: str) -> bool:
+    return bool(_state(agent, thread).values.get("question"))
 
 
-def _rollback(agent: Agent, key: str, before: Any) -> None:
+def _rollback(agent: Agent, thread: str, before: Any) -> None:
     """Make the checkpoint from before the failed turn the thread's latest again."""
     try:
         if before.values:
             agent.graph.update_state(before.config, None, as_node="__copy__")
         else:
-            agent.delete_thread(key)
+            agent.delete_thread(thread)
     except Exception:  # noqa: BLE001 - the turn's own error is what the client must see
-        log.exception("could not roll back thread %s", key)
+        log.exception("could not roll back thread %s", thread)
 
 
-def _guarded(agent: Agent, key: str, lock: threading.Lock, body: Callable[[], _T]) -> _T:
+def _guarded(agent: Agent, thread: str, lock: threading.Lock, body: Callable[[], _T]) -> _T:
     """Run `body` as the thread's only turn; on failure restore the thread's previous state."""
     with lock:
-        before = _state(agent, key)
+        before = _state(agent, thread)
         try:
             return body()
         except BaseException:
-            _rollback(agent, key, before)
+            _rollback(agent, thread, before)
             raise
 
 
@@ -274,7 +271,7 @@ def _question(body: ChatRequest, settings: Settings) -> str:
     return question
 
 
-def _thread(body: ChatRequest, header: str | None, agent: Agent, hub: AgentHub) -> tuple[str, bool]:
+def _thread(body: ChatRequest, header: str | None, agent: Agent) -> tuple[str, bool]:
     """(thread id, whether it must already exist)."""
     thread, must_exist = (header, True) if header else (body.user, False) if body.user else (None, False)
     if thread is None:
@@ -283,20 +280,20 @@ def _thread(body: ChatRequest, header: str | None, agent: Agent, hub: AgentHub) 
         raise ApiError(
             400, f"invalid thread id {thread!r}: use 1-128 letters, digits and . _ : @ -", "invalid_thread"
         )
-    if must_exist and not _exists(agent, hub.key(agent, thread)):
+    if must_exist and not _exists(agent, thread):
         raise ApiError(
             404, f"unknown thread {thread!r}: omit X-Factflow-Thread to start one", "unknown_thread"
         )
     return thread, must_exist
 
 
-def _factflow(agent: Agent, hub: AgentHub, thread: str, result: AskResult) -> dict[str, Any]:
+def _factflow(agent: Agent, thread: str, result: AskResult) -> dict[str, Any]:
     facts = (
         agent.store.get_many(result.cited_fact_ids, namespace=agent.namespace)
         if result.cited_fact_ids
         else []
     )
-    messages = _state(agent, hub.key(agent, thread)).values.get("messages", [])
+    messages = _state(agent, thread).values.get("messages", [])
     return {
         "thread_id": thread,
         "namespace": agent.namespace,
@@ -409,22 +406,22 @@ def create_app(settings: Settings, *, hub: AgentHub | None = None) -> FastAPI:
             )
         question = _question(body, settings)
         agent = await hub.run(lambda: hub.agent(x_factflow_namespace))
-        thread, _ = await hub.run(lambda: _thread(body, x_factflow_thread, agent, hub))
-        key = hub.key(agent, thread)
-        lock = hub.lock(key)
+        thread, _ = await hub.run(lambda: _thread(body, x_factflow_thread, agent))
+        lock = hub.lock(agent, thread)
         headers = {"X-Factflow-Thread": thread}
-        if not body.stream:
-            try:
-                result = await hub.run(lambda: _guarded(agent, key, lock, lambda: agent.ask(question, key)))
-                info = await hub.run(lambda: _factflow(agent, hub, thread, result))
-            except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error JSON
-                return _translate(exc, backend).response()
-            return JSONResponse(_completion(result.answer, info), headers=headers)
-        return StreamingResponse(
-            _sse(hub, agent, key, thread, lock, question, backend),
-            media_type="text/event-stream",
-            headers=headers,
-        )
+        try:
+            if body.stream:  # the question is checked here, so a bad one is a 4xx, not an SSE error
+                events = await hub.run(lambda: agent.stream(question, thread))
+                return StreamingResponse(
+                    _sse(hub, agent, thread, lock, events, backend),
+                    media_type="text/event-stream",
+                    headers=headers,
+                )
+            result = await hub.run(lambda: _guarded(agent, thread, lock, lambda: agent.ask(question, thread)))
+            info = await hub.run(lambda: _factflow(agent, thread, result))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error JSON
+            return _translate(exc, backend).response()
+        return JSONResponse(_completion(result.answer, info), headers=headers)
 
     @app.post("/v1/feedback")
     async def feedback(
@@ -433,14 +430,16 @@ def create_app(settings: Settings, *, hub: AgentHub | None = None) -> FastAPI:
         agent = await hub.run(lambda: hub.agent(x_factflow_namespace))
         if not _THREAD_RE.match(body.thread_id):
             raise ApiError(400, f"invalid thread id {body.thread_id!r}", "invalid_thread")
-        key = hub.key(agent, body.thread_id)
-        if not await hub.run(lambda: _exists(agent, key)):
+        thread = body.thread_id
+        if not await hub.run(lambda: _exists(agent, thread)):
             raise ApiError(
                 404, f"unknown thread {body.thread_id!r}: ask a question in it first", "unknown_thread"
             )
         try:
             result = await hub.run(
-                lambda: _guarded(agent, key, hub.lock(key), lambda: agent.feedback(key, body.feedback))
+                lambda: _guarded(
+                    agent, thread, hub.lock(agent, thread), lambda: agent.feedback(thread, body.feedback)
+                )
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error JSON
             raise _translate(exc, backend) from None
@@ -450,7 +449,12 @@ def create_app(settings: Settings, *, hub: AgentHub | None = None) -> FastAPI:
 
 
 async def _sse(
-    hub: AgentHub, agent: Agent, key: str, thread: str, lock: threading.Lock, question: str, backend: str
+    hub: AgentHub,
+    agent: Agent,
+    thread: str,
+    lock: threading.Lock,
+    events: Iterator[StreamEvent],
+    backend: str,
 ) -> AsyncIterator[str]:
     """SSE chunks of one streamed turn; the turn runs in a worker thread that owns the thread lock
     until it ends, even if the client goes away."""
@@ -458,12 +462,12 @@ async def _sse(
     queue: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()
 
     def produce() -> None:
-        def events() -> None:
-            for event in agent.stream(question, key):
+        def forward() -> None:
+            for event in events:
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
         try:
-            _guarded(agent, key, lock, events)
+            _guarded(agent, thread, lock, forward)
         except BaseException as exc:  # noqa: BLE001 - handed to the client as an error event
             loop.call_soon_threadsafe(queue.put_nowait, exc)
         finally:
@@ -482,7 +486,7 @@ async def _sse(
             yield _chunk(cid, {"content": piece})
         elif item.kind == "result" and item.result is not None:
             result = item.result
-            info = await hub.run(lambda r=result: _factflow(agent, hub, thread, r))  # type: ignore[misc]
+            info = await hub.run(lambda r=result: _factflow(agent, thread, r))  # type: ignore[misc]
             yield _chunk(cid, {"content": text.finish(result.answer)}, "stop", factflow=info)
     yield "data: [DONE]\n\n"
 

@@ -22,7 +22,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_openai import ChatOpenAI
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, SecretStr
 
 from factflow.errors import UserError
 from factflow.serving.structured import StructuredOutputMixin, ToolCallFormat, prompted_json
@@ -207,7 +207,8 @@ class OpenAIChatModel(StructuredOutputMixin, ChatOpenAI):  # type: ignore[misc]
         """Tokens by the served model's tokenizer (/tokenize, as vLLM has); else tiktoken; else
         ~4 characters per token (tiktoken needs its encoding files, absent offline)."""
         if self._counter in (None, "server /tokenize"):
-            key = self.openai_api_key.get_secret_value() if self.openai_api_key else None
+            secret = self.openai_api_key
+            key = secret.get_secret_value() if isinstance(secret, SecretStr) else None
             reply = httpx.post(
                 f"{_root(str(self.openai_api_base or ''))}/tokenize",
                 json={"model": self.model_name, "prompt": text},

@@ -28,7 +28,10 @@ def factflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FACTFLOW_HOME", str(home))
     monkeypatch.setenv("FACTFLOW_MODELS_DIR", str(SHARED_MODELS_DIR))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("CONFIG", "ENGINE", "BASE_URL", "MODEL", "CHROMA_URL"):
+    for var in (
+        *("CONFIG", "ENGINE", "BASE_URL", "MODEL", "CHROMA_URL"),
+        *("API_KEY", "SERVED_MODEL", "TOOL_CALLS", "AGENT_TOKEN"),
+    ):
         monkeypatch.delenv(f"FACTFLOW_{var}", raising=False)
     from factflow.settings import _cached
 
