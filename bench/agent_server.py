@@ -1,0 +1,161 @@
+"""The agent server against raw vLLM: answer tokens/s and turn latency at 1 and 16 sessions.
+
+    python -m factflow.bench.agent_server [--sessions 1 16] [--turns 2] [--tokens 64] [--eager]
+
+One vLLM server on the default model; the agent server (`factflow serve --agent`'s app, in this
+process) talks to it. Each session is one thread that asks `--turns` questions one after another;
+sessions run concurrently. The same questions go straight to vLLM's /v1/chat/completions in the
+same run, with the same token cap. tokens/s = answer tokens delivered (counted by vLLM's
+/tokenize) / wall time; share = agent / raw. The agent adds retrieval, a tool decision, citation
+and the write-back gate to each turn, all of it on the same CPU as vLLM here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["main"]
+
+FACTS = [
+    "The capital of Zorbia is Quillmar.",
+    "Zorbia's national dish is roasted blue squash.",
+    "The Quillmar river freezes every February.",
+    "Zorbia adopted the dram as its currency in 1912.",
+]
+QUESTIONS = [
+    "Which city is the seat of government of Zorbia?",
+    "What do people in Zorbia eat on holidays?",
+    "When does the river in Quillmar freeze?",
+    "What money is used in Zorbia?",
+]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _run(sessions: int, turns: int, turn: Callable[[int, int], str]) -> tuple[float, list[float], list[str]]:
+    """(wall seconds, per-turn latencies, answers) of `sessions` concurrent sessions."""
+    latencies: list[float] = []
+    answers: list[str] = []
+
+    def session(s: int) -> None:
+        for t in range(turns):
+            t0 = time.perf_counter()
+            answers.append(turn(s, t))
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(sessions) as pool:
+        list(pool.map(session, range(sessions)))
+    return time.perf_counter() - t0, latencies, answers
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--turns", type=int, default=2, help="questions per session")
+    parser.add_argument("--tokens", type=int, default=64, help="answer token cap, both sides")
+    parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile (starts sooner)")
+    args = parser.parse_args(argv)
+
+    import openai
+
+    from factflow.agent.api import Agent
+    from factflow.agent.server import AGENT_MODEL_ID, AgentHub, AgentServerThread, create_app
+    from factflow.serving.models import resolve_model
+    from factflow.serving.vllm_server import VLLMServer
+    from factflow.settings import Settings
+
+    console = Console()
+    home = Path(tempfile.mkdtemp(prefix="factflow-bench-agent-"))
+    model = resolve_model(Settings())
+    with VLLMServer(model, extra_args=["--enforce-eager"] if args.eager else []) as vllm:
+        settings = Settings(home=home, engine="vllm", base_url=vllm.base_url, max_new_tokens=args.tokens)
+        agent = Agent(settings)
+        for fact in FACTS:
+            agent.teach(fact)
+        raw = openai.OpenAI(base_url=vllm.base_url, api_key="EMPTY", max_retries=0, timeout=600)
+
+        def count(text: str) -> int:
+            reply = httpx.post(
+                f"{vllm.base_url.removesuffix('/v1')}/tokenize",
+                json={"model": vllm.served_model_name, "prompt": text},
+                timeout=60,
+            )
+            return int(reply.json()["count"])
+
+        def raw_turn(s: int, t: int) -> str:
+            reply = raw.chat.completions.create(
+                model=vllm.served_model_name,
+                messages=[{"role": "user", "content": QUESTIONS[(s + t) % len(QUESTIONS)]}],
+                max_tokens=args.tokens,
+                temperature=0,
+            )
+            return reply.choices[0].message.content or ""
+
+        with AgentServerThread(create_app(settings, hub=AgentHub(settings, agent))) as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=600)
+
+            def agent_turn(s: int, t: int) -> str:
+                reply = client.chat.completions.create(
+                    model=AGENT_MODEL_ID,
+                    messages=[{"role": "user", "content": QUESTIONS[(s + t) % len(QUESTIONS)]}],
+                    user=f"bench-{s}-{time.monotonic_ns()}" if t == 0 else None,  # type: ignore[arg-type]
+                    extra_headers={"X-Factflow-Thread": threads[s]} if t else None,
+                )
+                threads[s] = reply.model_extra["factflow"]["thread_id"]  # type: ignore[index]
+                return reply.choices[0].message.content or ""
+
+            threads: dict[int, str] = {}
+            agent_turn(0, 0)  # warm-up: embedder, first prompt through vLLM
+            raw_turn(0, 0)
+            rows: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+            for n in args.sessions:
+                results = {}
+                for name, fn in (("raw", raw_turn), ("agent", agent_turn)):
+                    threads.clear()
+                    wall, lat, answers = _run(n, args.turns, fn)
+                    tokens = sum(count(a) for a in answers)
+                    results[name] = {
+                        "tps": tokens / wall,
+                        "p50": statistics.median(lat),
+                        "p95": _percentile(lat, 0.95),
+                    }
+                rows.append((n, results["raw"], results["agent"]))
+
+    table = Table(
+        title=f"agent server vs raw vLLM ({args.turns} turns/session, <= {args.tokens} answer tokens)"
+    )
+    for col in ("sessions", "raw tok/s", "agent tok/s", "agent/raw", "raw p50/p95 s", "agent p50/p95 s"):
+        table.add_column(col, justify="right")
+    for n, r, a in rows:
+        table.add_row(
+            str(n),
+            f"{r['tps']:.1f}",
+            f"{a['tps']:.1f}",
+            f"{a['tps'] / r['tps']:.2f}",
+            f"{r['p50']:.2f} / {r['p95']:.2f}",
+            f"{a['p50']:.2f} / {a['p95']:.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"load average (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}, cores: {os.cpu_count()}"
+    )
+
+
+if __name__ == "__main__":
+    main()
