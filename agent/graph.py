@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -106,6 +107,28 @@ def _decision_model(options: Sequence[str]) -> type[BaseModel]:
     return model
 
 
+_QUESTION_ID = "factflow-q-"  # id prefix of the human message `retrieve` adds for a `question` input
+
+
+def _incoming_question(state: AgentState) -> tuple[str, bool]:
+    """The turn's question, and whether it arrived as a message.
+
+    LangGraph's `messages` input (Studio, chat UIs, `langgraph dev`) ends the list with the
+    user's message; the `question` input leaves the previous turn's answer last, and `retrieve`
+    adds the question as a message with an id of its own, so a turn that died after `retrieve`
+    is not mistaken for a new message.
+    """
+    messages = state.get("messages") or []
+    last = messages[-1] if messages else None
+    own = isinstance(last, HumanMessage) and str(last.id or "").startswith(_QUESTION_ID)
+    if isinstance(last, HumanMessage) and not own and last.text.strip():  # `.text`: text parts joined
+        return last.text.strip(), True
+    question = state.get("question", "")
+    if not question.strip():
+        raise UserError("no question: send a `question`, or `messages` ending with the user's message")
+    return question, False
+
+
 def _history(messages: Sequence[AnyMessage]) -> list[BaseMessage]:
     """Prompt history: earlier turns as question/answer pairs, the current turn in full."""
     last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=0)
@@ -190,7 +213,7 @@ def build_graph(
         return "learn" if state.get("feedback") else "retrieve"
 
     def retrieve(state: AgentState) -> dict[str, Any]:
-        question = state["question"]
+        question, asked = _incoming_question(state)
         t0 = time.perf_counter()
         hits = store.search(question, k=k, namespace=ns)
         t1 = time.perf_counter()
@@ -198,7 +221,10 @@ def build_graph(
         t2 = time.perf_counter()
         facts: list[FactRef] = [{"id": h.fact.id, "text": h.fact.text, "score": float(h.score)} for h in hits]
         return {
-            "messages": [HumanMessage(content=question)],
+            "question": question,
+            "messages": []
+            if asked
+            else [HumanMessage(content=question, id=f"{_QUESTION_ID}{uuid.uuid4().hex}")],
             "facts": Overwrite(facts),
             "retrieved_ids": Overwrite([f["id"] for f in facts]),
             "playbook_text": rendered.text,
@@ -342,7 +368,12 @@ def build_graph(
                 used = used or picked_bullets
             if cited:  # the answer carries its sources, like a model that cites by itself
                 answer = f"{answer} " + "".join(f"[{i}]" for i in cited)
+        # `messages` ends with the cited answer too (same id: replaces), for chat UIs and Studio
+        replace = (
+            [AIMessage(content=answer, id=last.id)] if isinstance(last, AIMessage) and answer != raw else []
+        )
         return {
+            "messages": replace,
             "answer": answer,
             "cited_fact_ids": cited,
             "used_bullet_ids": used,
