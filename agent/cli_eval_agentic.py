@@ -78,45 +78,63 @@ def bfcl(
 
 @eval_app.command("adapt")
 def adapt(
-    suites: str = typer.Option(
-        "domain_rules,bfcl_simple", help="Comma-separated: domain_rules, bfcl_<category>."
+    task: str = typer.Option(
+        "domain_rules", help="Comma-separated tasks: domain_rules, finer, formula, bfcl_<category>."
     ),
-    methods: str = typer.Option("none,ace_offline,ace_online,dc_rewrite", help="Methods to compare."),
+    data: Path | None = typer.Option(
+        None, help="Folder with the ACE FiNER/Formula JSONL files (the ACE repository's finance/data)."
+    ),
+    methods: str = typer.Option(
+        "none,fixed,ace_offline,ace_online,ace_online_nolabel,dc_cumulative", help="Methods to compare."
+    ),
     out: Path = typer.Option(Path("adapt-results"), help="Folder for adapt_results.jsonl, report and plot."),
-    limit: int | None = typer.Option(None, help="Items per suite (train + test); default 48 / 40."),
-    epochs: int = typer.Option(2, help="Offline ACE epochs over the training split."),
-    quick: bool = typer.Option(False, help="CI budget: 12 items (2 per rule), 1 epoch."),
-    max_new_tokens: int = typer.Option(384, help="Token cap per model call (reflector JSON needs 200+)."),
+    limit: int | None = typer.Option(None, help="Test items per task (seeded sample; default all)."),
+    limit_train: int | None = typer.Option(None, help="Training items for offline ACE (default: all)."),
+    limit_val: int | None = typer.Option(None, help="Validation items for offline ACE (default: all)."),
+    epochs: int = typer.Option(1, help="Offline ACE epochs over the training split."),
+    eval_every: int = typer.Option(10, help="Offline ACE: validate every N training steps."),
+    batch_size: int = typer.Option(1, help="Samples per Curator call."),
+    rounds: int | None = typer.Option(None, help="Reflection rounds (default: setting)."),
+    fixed_playbook: Path | None = typer.Option(None, help="Exported playbook (JSON/Markdown) for `fixed`."),
+    quick: bool = typer.Option(False, help="CI budget: domain_rules with 12 items, 1 epoch, 1 round."),
+    max_new_tokens: int = typer.Option(
+        384, help="Cap of free-text calls (DC cheatsheet rewrites, BFCL tool calls); ACE roles use 512."
+    ),
 ) -> None:
-    """ACE offline/online vs no playbook vs DC rewrite. Example: factflow eval adapt --quick"""
+    """ACE offline/online (with and without labels) vs none, a fixed playbook and Dynamic Cheatsheet.
+
+    Example: factflow eval adapt --task formula --data ace/finance/data --limit 50"""
     from factflow.agent.cli import console
     from factflow.errors import UserError
-    from factflow.evals import domain_rules
-    from factflow.evals.adapt import AdaptRow, BfclSuite, DomainRulesSuite, Suite, run_adaptation
+    from factflow.evals.adapt import AdaptConfig, AdaptRow, BfclTask, DomainRulesTask, Task, run_adaptation
     from factflow.evals.agentic_report import write_adapt_report
 
-    if quick:
-        limit, epochs = limit or 12, 1
+    cfg = AdaptConfig(
+        methods=_csv(methods),
+        epochs=1 if quick else epochs,
+        eval_every=eval_every,
+        batch_size=batch_size,
+        reflector_rounds=1 if quick else rounds,
+        fixed_playbook=fixed_playbook,
+    )
+    tasks: list[Task] = []
+    for name in _csv(task):
+        if name == "domain_rules":
+            tasks.append(DomainRulesTask(n=(limit or 12 if quick else limit or 24) * 2))
+        elif name in ("finer", "formula"):
+            from factflow.evals.ace_finance import FinanceTask
+
+            tasks.append(
+                FinanceTask(name, data, limit_train=limit_train, limit_val=limit_val, limit_test=limit)
+            )
+        elif name.startswith("bfcl_"):
+            tasks.append(BfclTask(name.removeprefix("bfcl_"), limit=limit or 40))
+        else:
+            raise UserError(f"unknown task {name!r}: use domain_rules, finer, formula or bfcl_<category>")
     chat = _chat(max_new_tokens)
     rows: list[AdaptRow] = []
-    for name in _csv(suites):
-        suite: Suite
-        fixed = None
-        if name == "domain_rules":
-            suite = DomainRulesSuite(n=limit or 48)
-            fixed = domain_rules.rulebook()
-        elif name.startswith("bfcl_"):
-            suite = BfclSuite(name.removeprefix("bfcl_"), limit=limit or 40)
-        else:
-            raise UserError(f"unknown suite {name!r}: use domain_rules or bfcl_<category> (e.g. bfcl_simple)")
-        rows += run_adaptation(
-            chat,
-            suite,
-            out,
-            methods=_csv(methods),
-            epochs=epochs,  # type: ignore[arg-type]
-            fixed_context=fixed,
-        )
+    for t in tasks:
+        rows += run_adaptation(chat, t, out, cfg)
     report = write_adapt_report(rows, out)
     console.print(report.read_text())
     console.print(f"report: {report}")

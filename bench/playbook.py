@@ -5,8 +5,8 @@ Measured side by side in one run and printed as one table:
   persisted through SQLite), target p50 < 5 ms at 10k;
 - de-duplication cost per delta (4 new bullets vs N embedded bullets, real MiniLM);
 - rendering time under the token budget (model tokenizer);
-- adaptation cost per sample: ACE (generate + reflect + delta curate) vs a Dynamic-Cheatsheet-style
-  baseline that rewrites the whole cheatsheet every step, same model, tokens and seconds.
+- adaptation cost per sample: ACE (generate + reflect + delta curate, `memory.adapt`) vs Dynamic
+  Cheatsheet's cumulative rewrite (`evals.adapt.dc_cumulative`), same model, tokens and seconds.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from factflow.memory.adapt import Sample, contains_match, label_feedback, online_adapt
+from factflow.memory.adapt import Sample, contains_match, generator_answerer, online_adapt
 from factflow.memory.bullets import AddOp, Delta, LogOp, MergeOp, PlaybookState, RemoveOp, TagOp, UpdateOp
 from factflow.memory.merge import apply_ops
 from factflow.memory.playbook import Playbook
 from factflow.memory.render import get_token_counter
-from factflow.memory.roles import Generator, UsageMeter
+from factflow.memory.roles import UsageMeter
 from factflow.settings import Settings, get_settings
 
 __all__ = ["main"]
@@ -35,11 +35,6 @@ TOY = [
     Sample(question=f"What is {a} + {b}? Reply with the number.", label=str(a + b))
     for a, b in [(7, 5), (9, 4), (12, 8), (6, 7), (15, 9), (3, 14)]
 ]
-DC_PROMPT = (
-    "You keep a cheatsheet of lessons for solving questions.\n\nCURRENT CHEATSHEET:\n{sheet}\n\n"
-    "QUESTION: {question}\nMODEL ANSWER: {answer}\nFEEDBACK: {feedback}\n\n"
-    "Rewrite the COMPLETE cheatsheet, keeping useful old lessons and adding what this example teaches."
-)
 
 
 def _p50(fn: Any, n: int) -> float:
@@ -170,28 +165,15 @@ def bench_adaptation(rows: list[tuple[str, str, str]], settings: Settings, tmp: 
     ace_s = (time.perf_counter() - t0) / n
     ace_tok = sum(counter.count(c.prompt) + counter.count(c.output) for c in meter.calls) / n
     ace_ctx = pb.render().tokens
-    # Dynamic Cheatsheet: generate with the sheet, then rewrite the whole sheet every step
-    from langchain_core.messages import HumanMessage
+    # Dynamic Cheatsheet (cumulative): answer with the sheet, then rewrite the whole sheet
+    from factflow.evals.adapt import dc_cumulative
 
-    sheet, dc_tok, hits = "", 0, 0
     dmeter = UsageMeter()
     t0 = time.perf_counter()
-    for s in samples:
-        out, _ = Generator(chat, meter=dmeter).generate(s.question, sheet)
-        answer = out.answer if out else ""
-        ok = contains_match(answer, s.label or "")
-        hits += ok
-        prompt = DC_PROMPT.format(
-            sheet=sheet or "(empty)",
-            question=s.question,
-            answer=answer,
-            feedback=label_feedback(answer, s.label, ok, None),
-        )
-        new = chat.invoke([HumanMessage(content=prompt)]).content
-        sheet = new if isinstance(new, str) else str(new)
-        dc_tok += counter.count(prompt) + counter.count(sheet)
+    attempts, sheet = dc_cumulative(chat, samples, generator_answerer(chat, dmeter), dmeter, progress=False)
+    hits = sum(contains_match(a.answer, s.label or "") for a, s in zip(attempts, samples, strict=True))
     dc_s = (time.perf_counter() - t0) / n
-    dc_tok += sum(counter.count(c.prompt) + counter.count(c.output) for c in dmeter.calls)
+    dc_tok = sum(counter.count(c.prompt) + counter.count(c.output) for c in dmeter.calls)
     rows.append(
         (
             "adaptation: seconds per sample (ACE | DC rewrite)",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from factflow.evals.adapt import AdaptRow
+from factflow.evals.adapt import AdaptRow, adapt_markdown
 
 __all__ = ["write_bfcl_report", "write_adapt_report", "bfcl_markdown", "adapt_markdown"]
 
@@ -25,21 +25,6 @@ def bfcl_markdown(table: dict[str, dict[str, float]], title: str = "BFCL v4") ->
         lines.append(
             f"| {name} | {int(row['n'])} | {row['accuracy']:.3f} | {row['seconds']:.1f} "
             f"| {int(row['tokens'])} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def adapt_markdown(rows: Sequence[AdaptRow], title: str = "ACE adaptation") -> str:
-    lines = [
-        f"# {title}",
-        "",
-        "| suite | method | accuracy | n_test | epochs | adapt tokens | adapt s | eval s | context tokens |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.suite} | {r.method} | {r.accuracy:.3f} | {r.n_test} | {r.epochs} | {r.adapt_tokens} | "
-            f"{r.adapt_seconds:.1f} | {r.eval_seconds:.1f} | {r.context_tokens} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -130,10 +130,14 @@ class AddOp(_Strict):
 
 
 class UpdateOp(_Strict):
+    """New wording for one bullet. `counters="keep"` (default) keeps its helpful/harmful/neutral
+    tags: the lesson is the same, said better; "reset" zeroes them because they judged old text."""
+
     type: Literal["UPDATE"] = "UPDATE"
     id: str
     content: str
     section: str | None = None
+    counters: Literal["keep", "reset"] = "keep"
 
 
 class MergeOp(_Strict):
@@ -145,6 +149,7 @@ class MergeOp(_Strict):
 class RemoveOp(_Strict):
     type: Literal["REMOVE"] = "REMOVE"
     id: str
+    reason: str = Field("", description="Why it was removed (curator, prune rule, rollback), logged.")
 
 
 class TagOp(_Strict):

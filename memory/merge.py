@@ -128,14 +128,15 @@ def apply_ops(
                     raise _Reject(f"unknown section {section!r}")
                 content = _clean(op.content)
                 check_duplicate(section, content, own_id=op.id)
-                b = old.model_copy(
-                    update={
-                        "content": content,
-                        "section": section,
-                        "updated_at": now,
-                        "updated_version": version,
-                    }
-                )
+                changes: dict[str, object] = {
+                    "content": content,
+                    "section": section,
+                    "updated_at": now,
+                    "updated_version": version,
+                }
+                if op.counters == "reset":
+                    changes.update(helpful=0, harmful=0, neutral=0)
+                b = old.model_copy(update=changes)
                 put(b.with_provenance(version, "UPDATE", trace_id))
                 resolved = op.model_copy(update={"content": content})
             elif isinstance(op, MergeOp):

@@ -214,6 +214,14 @@ class PlaybookDB:
         self._set_meta("version", str(new.version))
         self._set_meta("next_id", str(new.next_id))
 
+    def has_trace(self, trace_id: str) -> bool:
+        """A version with this trace id is committed (used to apply a resumed batch only once)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM versions WHERE trace_id=? LIMIT 1", (trace_id,)
+            ).fetchone()
+        return row is not None
+
     def read_version_locked(self) -> int:
         """Inside `transaction()`: the committed version (the write lock is already ours)."""
         return int(self._meta("version") or 0)

@@ -6,8 +6,9 @@ of the other bullets of its section, one mat-vec per bullet,
     dup(b) = argmax_{c != b, section(c) = section(b)} cos(e_b, e_c)   if that cosine >= threshold
 
 so a delta of k bullets costs O(k * n * d), never the O(n^2) all-pairs pass. A duplicate pair
-becomes a MERGE op (older id kept, counters summed); a bullet whose harmful count dominates
-(harmful >= min_harmful and harmful > 2 * helpful) becomes a REMOVE op. Both go through the
+becomes a MERGE op (older id kept, counters summed); only a bullet whose harmful count dominates
+overwhelmingly (harmful >= min_harmful, default 10, and harmful > 4 * helpful) becomes a REMOVE op
+with its reason logged. Both go through the
 ordinary apply path, so they land in the op log like any other change.
 """
 
@@ -144,6 +145,12 @@ def dedup_ops(state: PlaybookState, index: VectorIndex, ids: list[str], threshol
 
 
 def prune_ops(state: PlaybookState, min_harmful: int, ids: list[str] | None = None) -> list[RemoveOp]:
-    """REMOVE ops for bullets whose harmful tags dominate: harmful >= min and harmful > 2 * helpful."""
+    """REMOVE ops for bullets the tags condemn overwhelmingly: harmful >= `min_harmful` and
+    harmful > 4 * helpful. A few "harmful" tags from a small model are noise, so the default bar
+    (10) is high; ordinary removal is the Curator's decision. Each op carries its reason."""
     pool = state.bullets.values() if ids is None else (state.bullets[i] for i in ids if i in state.bullets)
-    return [RemoveOp(id=b.id) for b in pool if b.harmful >= min_harmful and b.harmful > 2 * b.helpful]
+    return [
+        RemoveOp(id=b.id, reason=f"prune: harmful {b.harmful} >= {min_harmful} and > 4 x helpful {b.helpful}")
+        for b in pool
+        if b.harmful >= min_harmful and b.harmful > 4 * b.helpful
+    ]

@@ -1,8 +1,9 @@
 """Render the playbook into a prompt block under a hard token budget.
 
-Bullets appear as `[strat-00042] content` under `## section` headers so the Generator can cite
-them. Over budget we do not truncate text (that is how ACE's reference code grows past 100K
-tokens, or silently cuts lessons in half); we *select* whole bullets, alternating between the
+Bullets appear as `[strat-00042] helpful=3 harmful=0 :: content` under `## section` headers so
+the Generator can cite them and see how each has fared. Over budget we do not truncate text
+(that is how ACE's reference code grows past 100K tokens, or silently cuts lessons in half); we
+*select* whole bullets, alternating between the
 most relevant to the query (cosine of MiniLM embeddings) and the most helpful
 (helpful - harmful), and say how many were left out.
 
@@ -95,7 +96,9 @@ def get_token_counter(settings: Settings) -> TokenCounter:
 
 
 def bullet_line(b: Bullet) -> str:
-    return f"[{b.id}] {b.content}"
+    """`[strat-00042] helpful=3 harmful=0 :: text`: the counters tell the Generator, Reflector
+    and Curator how a lesson has fared (ACE renders them the same way)."""
+    return f"[{b.id}] helpful={b.helpful} harmful={b.harmful} :: {b.content}"
 
 
 def render_playbook(

@@ -1,28 +1,34 @@
 """The three ACE roles: Generator, Reflector, Curator (Zhang et al., ICLR 2026, section 3).
 
-    Generator:  (question, playbook)                    -> answer + cited bullet ids
-    Reflector:  (question, trajectory, feedback, bullets) -> diagnosis, key insight, bullet tags
-    Curator:    (reflections, playbook)                 -> delta ops (ADD/UPDATE/MERGE/REMOVE)
+    Generator:  (question, playbook[, reflection])   -> reasoning, answer, ids of bullets used
+    Reflector:  (question, reasoning, answer, bullets used, tool trajectory, feedback)
+                                                     -> diagnosis, key insight, tags of those bullets
+    Curator:    (reflections, playbook with counters, size vs budget) -> delta ops
 
 Each role asks the chat model for a pydantic object through `with_structured_output`, which both
-engines back with constrained decoding, so even a 135M model emits parseable JSON. Anything that
-still fails (a validation error, an engine error) is retried once and then *skipped* with a logged
-reason: a role never returns half an object, and the Curator's ops still pass through the
-deterministic validator in `factflow.memory.merge` before they touch the playbook.
+engines back with constrained decoding, so even a 135M model emits parseable JSON. Output that
+still does not parse or validate is retried once and then *skipped* with a logged reason: a role
+never returns half an object, and the Curator's ops still pass through the deterministic
+validator in `factflow.memory.merge` before they touch the playbook. Any other failure (a dead
+server, a bug) is not a bad output: it propagates, so a run fails loudly instead of scoring zeros.
 Prompts live in `memory/prompts/*.md`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from langchain_core.exceptions import OutputParserException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from factflow.errors import UserError
 from factflow.memory.bullets import AddOp, Bullet, DeltaOp, MergeOp, RemoveOp, TagOp, UpdateOp
 
 __all__ = [
@@ -38,7 +44,12 @@ __all__ = [
     "Curator",
     "load_prompt",
     "call_structured",
+    "curator_ops",
     "tag_ops",
+    "cut_words",
+    "cut_sentences",
+    "bullet_block",
+    "PARSE_ERRORS",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,23 +60,52 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def cut_words(text: str, n: int) -> str:
+    """At most `n` characters, cut after the last whole word or list item (space or comma); a
+    single "word" longer than `n` (no boundary at all) is cut hard."""
+    text = " ".join(text.split())
+    if len(text) <= n:
+        return text
+    head = text[: n + 1]
+    cut = max(head.rfind(" "), head.rfind(",") + 1 if head.rfind(",") >= 0 else -1)
+    return head[:cut].rstrip(" ,") if cut > 0 else text[:n]
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def cut_sentences(text: str, n: int) -> str:
+    """At most `n` characters, cut after the last whole sentence that fits; "" when even the
+    first sentence is longer (the caller rejects it: a lesson cut mid-sentence can mislead)."""
+    text = " ".join(text.split())
+    if len(text) <= n:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text) if m.end() <= n]
+    return text[: ends[-1]] if ends else ""
+
+
 def _cut(n: int) -> Any:
-    return AfterValidator(lambda v: v[:n])
+    return AfterValidator(lambda v: cut_words(v, n))
+
+
+def _cut_sentences(n: int) -> Any:
+    return AfterValidator(lambda v: cut_sentences(v, n))
 
 
 # Strings cut *after* decoding, not `max_length`: xgrammar compiles a JSON-schema maxLength into
 # a counted repetition costing ~9 s of CPU per schema; max_new_tokens already bounds the output.
 _S24 = Annotated[str, _cut(24)]
-_S200 = Annotated[str, _cut(200)]
-_S300 = Annotated[str, _cut(300)]
+_S1000 = Annotated[str, _cut(1000)]  # a FiNER answer lists several 60-character tags
 _S400 = Annotated[str, _cut(400)]
 _S600 = Annotated[str, _cut(600)]
+# Bullet text becomes a lesson in every later prompt: whole sentences or nothing.
+_Lesson = Annotated[str, _cut_sentences(300)]
 
 
 class GeneratorOutput(_Out):
     # length caps bound decode time on CPU and keep a rambling small model in check
     reasoning: _S600 = ""
-    answer: _S200
+    answer: _S1000
     bullet_ids: list[str] = Field(default_factory=list, max_length=8)
 
 
@@ -76,7 +116,7 @@ class BulletTag(_Out):
 
 class Reflection(_Out):
     diagnosis: _S400
-    key_insight: _S300
+    key_insight: _Lesson
     bullet_tags: list[BulletTag] = Field(default_factory=list, max_length=8)
 
 
@@ -85,7 +125,7 @@ class CuratorOperation(_Out):
 
     type: Literal["ADD", "UPDATE", "MERGE", "REMOVE"]
     section: str = ""
-    content: _S300 = ""
+    content: _Lesson = ""
     bullet_ids: list[str] = Field(default_factory=list, max_length=4)
 
 
@@ -105,7 +145,7 @@ def _curator_schema(sections: tuple[str, ...], add_only: bool = False) -> type[B
         __base__=CuratorOperation,
         type=(type_t, ...),
         section=(section_t, sections[0]),
-        content=(_S300, ...),  # required: with a default the model leaves ADD content out
+        content=(_Lesson, ...),  # required: with a default the model leaves ADD content out
     )
     return create_model(
         "CuratorOutput",
@@ -161,10 +201,23 @@ def _structured(chat_model: Any, schema: type[BaseModel]) -> Any:
     return chat_model.with_structured_output(schema)
 
 
+# What a bad *output* raises: the engines' parse step (OutputParserException), pydantic, JSON.
+# Everything else (a dead server, a TypeError) is a broken run, not a bad answer.
+PARSE_ERRORS: tuple[type[Exception], ...] = (OutputParserException, ValidationError, json.JSONDecodeError)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The server is down or unreachable (the openai client wraps httpx's connection errors)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"APIConnectionError", "APITimeoutError", "ConnectError", "ConnectionError"})
+
+
 def call_structured(
     chat_model: Any, schema: type[BaseModel], prompt: str, role: str, meter: UsageMeter | None = None
 ) -> tuple[BaseModel | None, str | None]:
-    """Structured call with one retry. Returns (object, None) or (None, reason it was skipped)."""
+    """Structured call with one retry on unparseable output. Returns (object, None) or (None,
+    reason it was skipped). A server that cannot be reached is a UserError; any other exception
+    propagates unchanged."""
     from langchain_core.messages import HumanMessage
 
     reason = ""
@@ -176,12 +229,19 @@ def call_structured(
             if isinstance(out, BaseModel) and not isinstance(out, schema):
                 out = out.model_dump()
             obj = out if isinstance(out, schema) else schema.model_validate(out)
-        except Exception as exc:  # any failure of a role is a skipped step, never a crash
+        except PARSE_ERRORS as exc:  # a bad output is a skipped step, never a crash
             reason = f"{type(exc).__name__}: {str(exc)[:300]}"
             log.warning("%s output invalid (attempt %d of 2): %s", role, attempt, reason)
             if meter is not None:
                 meter.record(RoleCall(role, prompt, str(out or ""), time.perf_counter() - t0, False))
             continue
+        except Exception as exc:
+            if _unreachable(exc):
+                raise UserError(
+                    f"the {role} could not reach the model server ({type(exc).__name__}: {exc}): "
+                    "start it (`factflow serve`) or fix FACTFLOW_BASE_URL"
+                ) from exc
+            raise
         if meter is not None:
             meter.record(RoleCall(role, prompt, obj.model_dump_json(), time.perf_counter() - t0, True))
         return obj, None
@@ -189,48 +249,61 @@ def call_structured(
     return None, f"{role} skipped: {reason}"
 
 
-def _bullet_block(bullets: list[Bullet]) -> str:
-    return "\n".join(f"[{b.id}] {b.content}" for b in bullets) or "(none)"
+def bullet_block(bullets: list[Bullet]) -> str:
+    """Bullets with their counters, the way the Reflector and Curator see them."""
+    from factflow.memory.render import bullet_line
+
+    return "\n".join(bullet_line(b) for b in bullets) or "(none)"
 
 
 class Generator:
     def __init__(self, chat_model: Any, meter: UsageMeter | None = None) -> None:
         self.chat_model, self.meter = chat_model, meter
 
-    def generate(self, question: str, playbook_text: str) -> tuple[GeneratorOutput | None, str | None]:
-        prompt = _fill(load_prompt("generator"), playbook=playbook_text or "(empty)", question=question)
+    def generate(
+        self, question: str, playbook_text: str, reflection: str = ""
+    ) -> tuple[GeneratorOutput | None, str | None]:
+        """`reflection`: the Reflector's diagnosis of an earlier wrong attempt at this question."""
+        previous = ""
+        if reflection:
+            previous = f"\nA REVIEWER'S NOTES ON YOUR EARLIER WRONG ATTEMPT:\n{reflection}\n"
+        prompt = _fill(
+            load_prompt("generator"),
+            playbook=playbook_text or "(empty)",
+            question=question,
+            reflection=previous,
+        )
         out, reason = call_structured(self.chat_model, GeneratorOutput, prompt, "generator", self.meter)
         return (out if isinstance(out, GeneratorOutput) else None), reason
 
 
 class Reflector:
-    def __init__(self, chat_model: Any, meter: UsageMeter | None = None, rounds: int = 1) -> None:
-        self.chat_model, self.meter, self.rounds = chat_model, meter, max(1, rounds)
+    def __init__(self, chat_model: Any, meter: UsageMeter | None = None) -> None:
+        self.chat_model, self.meter = chat_model, meter
 
     def reflect(
-        self, question: str, trajectory: str, feedback: str, bullets: list[Bullet]
+        self,
+        question: str,
+        answer: str,
+        feedback: str,
+        bullets: list[Bullet],
+        *,
+        reasoning: str = "",
+        trajectory: str = "",
     ) -> tuple[Reflection | None, str | None]:
-        """Up to `rounds` passes; each later pass sees the previous reflection and refines it."""
-        best: Reflection | None = None
-        reason: str | None = None
-        for _ in range(self.rounds):
-            previous = ""
-            if best is not None:
-                previous = f"\nPREVIOUS REFLECTION (improve it):\n{best.model_dump_json()}\n"
-            prompt = _fill(
-                load_prompt("reflector"),
-                question=question,
-                trajectory=trajectory or "(none)",
-                feedback=feedback or "(no feedback)",
-                bullets=_bullet_block(bullets),
-                previous=previous,
-            )
-            out, reason = call_structured(self.chat_model, Reflection, prompt, "reflector", self.meter)
-            if isinstance(out, Reflection):
-                best = out
-            elif best is not None:
-                break  # keep the last good round
-        return best, (None if best is not None else reason)
+        """Diagnose one answer. `bullets` are the ones the Generator said it used (only those can
+        be tagged); `trajectory` holds tool calls and results, if any."""
+        prompt = _fill(
+            load_prompt("reflector"),
+            question=question,
+            reasoning=reasoning or "(none given)",
+            answer=answer or "(no answer)",
+            trajectory=trajectory or "(no tool calls)",
+            feedback=feedback or "(no feedback)",
+            bullets=bullet_block(bullets),
+        )
+        out, reason = call_structured(self.chat_model, Reflection, prompt, "reflector", self.meter)
+        return (out if isinstance(out, Reflection) else None), reason
 
 
 class Curator:
@@ -243,9 +316,11 @@ class Curator:
         playbook_text: str,
         sections: list[str],
         add_only: bool = False,
+        stats: str = "",
     ) -> tuple[list[DeltaOp] | None, list[str]]:
         """Ops for a batch of (question, reflection) pairs; (None, [reason]) when skipped.
-        `add_only` restricts the ops to ADD (the caller shows no bullets to edit)."""
+        `add_only` restricts the ops to ADD (the caller shows no bullets to edit); `stats` says
+        how big the playbook is against its budget."""
         block = "\n".join(
             f"- question: {q}\n  diagnosis: {r.diagnosis}\n  key insight: {r.key_insight}"
             for q, r in reflections
@@ -254,6 +329,7 @@ class Curator:
             load_prompt("curator"),
             sections=", ".join(sections),
             playbook=playbook_text or "(empty)",
+            stats=stats or "(no size information)",
             reflections=block,
         )
         schema = _curator_schema(tuple(sections), add_only)
@@ -265,27 +341,35 @@ class Curator:
 
 
 def curator_ops(operations: list[dict[str, Any]]) -> tuple[list[DeltaOp], list[str]]:
-    """Flat curator operations -> typed delta ops; shapes that cannot become an op are noted."""
+    """Flat curator operations -> typed delta ops; shapes that cannot become an op are noted.
+
+    A Curator UPDATE keeps the bullet's counters (it sharpens wording; a different lesson is a
+    REMOVE plus an ADD). Content that had no sentence boundary within the length cap arrives
+    empty (see `cut_sentences`) and the op is dropped with a note, never stored half-cut."""
     ops: list[DeltaOp] = []
     notes: list[str] = []
     for raw in operations:
         kind, ids, content = raw["type"], list(raw.get("bullet_ids") or []), raw.get("content") or ""
+        if kind in ("ADD", "UPDATE") and not content.strip():
+            notes.append(f"dropped curator {kind} op: empty content, or one sentence longer than the cap")
+            continue
         try:
             if kind == "ADD":
                 ops.append(AddOp(section=raw.get("section") or "other", content=content))
             elif kind == "UPDATE":
-                ops.append(UpdateOp(id=ids[0], content=content))
+                ops.append(UpdateOp(id=ids[0], content=content, counters="keep"))
             elif kind == "MERGE":
                 ops.append(MergeOp(ids=ids, content=content or None))
             elif kind == "REMOVE":
-                ops.append(RemoveOp(id=ids[0]))
+                ops.append(RemoveOp(id=ids[0], reason=f"curator: {content}"[:300] if content else "curator"))
         except (IndexError, ValidationError) as exc:
             notes.append(f"dropped curator {kind} op without the ids it needs: {type(exc).__name__}")
     return ops, notes
 
 
 def tag_ops(reflection: Reflection, allowed_ids: set[str]) -> list[DeltaOp]:
-    """TAG ops from the Reflector's tags, limited to bullets it was actually shown."""
+    """TAG ops from the Reflector's tags, limited to the bullets the Generator used (and so the
+    Reflector was shown); one tag per bullet."""
     seen: set[str] = set()
     ops: list[DeltaOp] = []
     for t in reflection.bullet_tags:

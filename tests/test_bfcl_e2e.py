@@ -1,8 +1,8 @@
 """End-to-end runs of the agentic benchmarks on the real default model.
 
-Fast set: one real BFCL case (simple) through the runner, resume, and the report; and the fixed
-playbook that contains the answer rules beats no playbook on the domain-rules suite. The CLI
-`--quick` runs of bfcl and adapt are slow; appworld skips unless installed.
+Fast set: one real BFCL case (simple) through the runner, resume, and the report. The CLI
+`--quick` run of bfcl is slow; appworld skips unless installed. (The ACE adaptation runs are
+tested in test_playbook_eval_adapt.py.)
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from factflow.evals import domain_rules
-from factflow.evals.adapt import DomainRulesSuite, accuracy_with_context
 from factflow.evals.agentic_report import write_bfcl_report
 from factflow.evals.appworld import INSTALL_HINT, appworld_available
 from factflow.evals.bfcl_data import load_category
@@ -37,33 +35,6 @@ def test_bfcl_simple_case_runs_scores_and_resumes(hf_chat, tmp_path: Path) -> No
     assert table["simple"]["n"] == 1 and table["overall"]["accuracy"] == float(results[0].valid)
     report = write_bfcl_report(table, tmp_path)
     assert "| simple | 1 |" in report.read_text() and (tmp_path / "bfcl_accuracy.png").stat().st_size > 0
-
-
-def test_fixed_playbook_with_the_rules_beats_no_playbook(hf_chat) -> None:  # type: ignore[no-untyped-def]
-    """The harness must credit a good playbook: the tags are unguessable without the rules."""
-    chat = hf_chat.model_copy(update={"max_new_tokens": 16})
-    suite = DomainRulesSuite(n=4)  # one item per tag rule
-    items = [it for it in suite.items if it.kind == "tag"]
-    none, _ = accuracy_with_context(chat, suite, items, "")
-    fixed, _ = accuracy_with_context(chat, suite, items, domain_rules.rulebook())
-    assert fixed > none
-
-
-def test_domain_rules_scoring_and_feedback() -> None:
-    items = domain_rules.generate_suite(12, seed=1)
-    train, test = domain_rules.split_suite(items)
-    assert {i.rule_id for i in train} == {i.rule_id for i in test}  # every rule on both sides
-    tag = next(i for i in items if i.kind == "tag")
-    assert domain_rules.score_answer(tag, f"The tag is {tag.answer.lower()}.")
-    assert not domain_rules.score_answer(tag, "NV-XXX")
-    num = next(i for i in items if i.kind == "formula")
-    assert domain_rules.score_answer(num, f"{num.answer} florins")
-    assert not domain_rules.score_answer(num, "no idea")
-    plain = domain_rules.feedback(num, "1", with_label=False)
-    assert (
-        "Rejected" in plain and num.answer not in plain.split("note:")[1]
-    )  # online feedback hides the label
-    assert num.answer in domain_rules.feedback(num, "1", with_label=True)
 
 
 @pytest.mark.slow
@@ -89,23 +60,6 @@ def test_cli_bfcl_quick(tmp_path: Path) -> None:
     rows = [json.loads(x) for x in (out / "bfcl_results.jsonl").read_text().splitlines()]
     assert {r["category"] for r in rows} == {"simple", "irrelevance", "multi_turn_base", "memory"}
     assert (out / "bfcl_report.md").exists() and (out / "bfcl_accuracy.png").exists()
-
-
-@pytest.mark.slow
-def test_cli_adapt_quick(tmp_path: Path) -> None:
-    from factflow.agent.cli import app
-
-    out = tmp_path / "adapt"
-    result = CliRunner().invoke(
-        app, ["eval", "adapt", "--quick", "--suites", "domain_rules", "--limit", "12", "--out", str(out)]
-    )
-    assert result.exit_code == 0, result.output
-    rows = [json.loads(x) for x in (out / "adapt_results.jsonl").read_text().splitlines()]
-    assert [r["method"] for r in rows] == ["none", "ace_offline", "ace_online", "dc_rewrite", "fixed"]
-    assert all(
-        r["adapt_tokens"] > 0 for r in rows if r["method"] in ("ace_offline", "ace_online", "dc_rewrite")
-    )
-    assert (out / "adapt_report.md").exists() and (out / "adapt_accuracy.png").exists()
 
 
 def test_cli_appworld_explains_how_to_install(tmp_path: Path) -> None:

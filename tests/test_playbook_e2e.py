@@ -1,5 +1,6 @@
 """End to end with the real SmolLM2-135M on both engines: a short online adaptation run on a toy
-labelled task gives schema-valid reflections and deltas and a playbook that renders under budget.
+labelled task (with reflection rounds) gives schema-valid reflections, at least one applied
+Curator delta, tags only on bullets the answers cited, and a playbook that renders under budget.
 
 The transformers run is the one real path in the fast set; the vLLM run is marked slow + vllm.
 """
@@ -28,8 +29,10 @@ def run_toy_adaptation(chat: Any, home: Path, model_path: str) -> None:
     settings = Settings(home=home, playbook_tokenizer=model_path, playbook_token_budget=BUDGET)
     pb = Playbook.open(home / "pb.sqlite3", settings, dedup_mode="off")
     meter = UsageMeter()
-    # batch_size 2: one Curator call for both reflections (batch curation), 5 model calls in all
-    report = online_adapt(pb, TOY, chat, run_id="e2e", batch_size=2, meter=meter, progress=False)
+    # batch_size 2: one Curator call for both reflections (batch curation); 2 rounds for wrong answers
+    report = online_adapt(
+        pb, TOY, chat, run_id="e2e", batch_size=2, reflector_rounds=2, meter=meter, progress=False
+    )
 
     assert len(report.steps) == 2 and report.done
     ok = [c for c in meter.calls if c.ok]
@@ -40,25 +43,31 @@ def run_toy_adaptation(chat: Any, home: Path, model_path: str) -> None:
             assert len(ops) <= 3
         else:
             SCHEMAS[call.role].model_validate_json(call.output)
-    # whatever the model proposed went through the validator: state == replay of the op log
+    # a wrong first answer is retried with its reflection (up to the 2 rounds)
+    for step in report.steps:
+        assert 1 <= step.rounds <= 2
+        if step.correct is False and not step.corrected and not step.skipped:
+            assert step.rounds == 2
+    # the Curator's delta was applied, through the validator: state == replay of the op log
+    history = pb.history()
+    assert any(h.author == "curator" and h.n_applied > 0 for h in history), [h.reason for h in history]
     state = pb.state()
     assert pb.state_at(pb.version) == state
-    for h in pb.history():
+    for h in history:
         assert h.n_applied == len(h.ops) > 0
+        # nothing was shown before this run, so no answer could cite a bullet: no tags at all
+        assert all(op.type != "TAG" for op in h.ops)
     rendered = pb.render(TOY[0].question)
     assert rendered.tokens <= BUDGET
-    assert all(f"[{i}]" in rendered.text for i in rendered.bullet_ids)
+    assert all(f"[{i}] helpful=" in rendered.text for i in rendered.bullet_ids)
     # a skipped step always says why
     for step in report.steps:
         assert all(reason for reason in step.skipped)
 
 
 def test_online_adaptation_transformers(hf_chat: Any, model_path: str, tmp_path: Path) -> None:
-    from factflow.serving.hf_engine import TransformersChatModel
-
-    # 160 new tokens: a Reflection's JSON does not fit in the fixture's 64
-    chat = TransformersChatModel(model_path=model_path, max_new_tokens=160, temperature=0.0)
-    run_toy_adaptation(chat, tmp_path, model_path)
+    # role calls carry their own token cap (ROLE_MAX_TOKENS), so the shared fixture serves
+    run_toy_adaptation(hf_chat, tmp_path, model_path)
 
 
 @pytest.mark.slow

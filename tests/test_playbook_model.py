@@ -74,8 +74,17 @@ def test_invalid_ops_never_change_state(deltas: list[Delta]) -> None:
     state = PlaybookState()
     for d in deltas:
         out = apply_ops(state, list(d.ops), now=1.0)
-        for rejected in out.rejected:  # a rejected op alone is a no-op on the state it met
-            assert apply_ops(state, [rejected.op], now=1.0).state is state or rejected.op in d.ops
+        # a rejected op, applied alone to the state it met (after the delta's earlier ops), is a no-op
+        # rejected for the same reason
+        rejected = iter(out.rejected)
+        for i, op in enumerate(d.ops):
+            met = apply_ops(state, list(d.ops[:i]), now=1.0)
+            after = apply_ops(state, list(d.ops[: i + 1]), now=1.0)
+            if len(after.rejected) > len(met.rejected):
+                alone = apply_ops(met.state, [op], now=1.0)
+                assert alone.state is met.state and not alone.applied
+                assert [r.reason for r in alone.rejected] == [next(rejected).reason]
+        assert next(rejected, None) is None  # every rejection of the delta was met above
         # the applied ops alone reproduce the whole delta's effect
         assert apply_ops(state, out.applied, now=1.0).state == out.state
         if not out.applied:
@@ -226,9 +235,9 @@ def test_render_budget_selects_relevant_and_helpful(tmp_path: Path) -> None:
     pb.apply(Delta(ops=[AddOp(section="strategies", content=c) for c in contents]))
     pb.apply(Delta(ops=[TagOp(id="strat-00021", tag="helpful", count=5)]))
     full = pb.render(budget_tokens=10_000)
-    assert full.omitted == 0 and len(full.bullet_ids) == 30 and "[strat-00008] always convert" in full.text
-    small = pb.render("what unit should I use", budget_tokens=30)
-    assert small.tokens <= 30 and small.omitted == 30 - len(small.bullet_ids) > 0
+    assert full.omitted == 0 and len(full.bullet_ids) == 30 and "[strat-00008] helpful=0 harmful=0 :: always convert" in full.text
+    small = pb.render("what unit should I use", budget_tokens=40)
+    assert small.tokens <= 40 and small.omitted == 30 - len(small.bullet_ids) > 0
     assert "strat-00008" in small.bullet_ids  # most relevant
     assert "strat-00021" in small.bullet_ids  # most helpful
     assert f"({small.omitted} more bullets left out" in small.text

@@ -9,13 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.exceptions import OutputParserException
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
+from factflow.errors import UserError
 from factflow.memory.adapt import Sample, contains_match, offline_adapt, online_adapt
 from factflow.memory.bullets import AddOp, Delta
 from factflow.memory.playbook import Playbook
-from factflow.memory.roles import GeneratorOutput, Reflection, UsageMeter
+from factflow.memory.roles import (
+    CuratorOutput,
+    GeneratorOutput,
+    Reflection,
+    UsageMeter,
+    curator_ops,
+    cut_sentences,
+)
 from factflow.settings import Settings
 
 
@@ -99,24 +108,41 @@ def test_invalid_output_is_retried_once_then_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     pb = open_pb(tmp_path)
-    chat = ScriptedChat({"Reflection": [ValueError("not json"), ValueError("still not json")]})
+    chat = ScriptedChat(
+        {"Reflection": [OutputParserException("not json"), OutputParserException("still not json")]}
+    )
     r = pb.learn("q", "a", "", chat)
     assert r.result is None and r.reflection is None and pb.version == 0
-    assert "reflector skipped: ValueError: still not json" in r.skipped[0]
+    assert "reflector skipped: OutputParserException: still not json" in r.skipped[0]
     assert "attempt 1 of 2" in caplog.text and "skipped after 2 invalid outputs" in caplog.text
     # a retry that succeeds is used
     chat = ScriptedChat(
         {
             "Reflection": [
-                RuntimeError("engine hiccup"),
+                OutputParserException("truncated JSON"),
                 {"diagnosis": "d", "key_insight": "k", "bullet_tags": []},
             ],
-            "CuratorOutput": [ValueError("bad"), ValueError("bad again")],
+            "CuratorOutput": [OutputParserException("bad"), OutputParserException("bad again")],
         }
     )
     r = pb.learn("q", "a", "", chat)
     assert r.reflection is not None and r.result is None and pb.version == 0
     assert any("curator skipped" in s for s in r.skipped)
+
+
+def test_a_broken_run_fails_loudly_instead_of_skipping(tmp_path: Path) -> None:
+    """Only unparseable output is skipped: a bug or a dead server must stop the run."""
+    pb = open_pb(tmp_path)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        pb.learn("q", "a", "", ScriptedChat({"Reflection": [TypeError("unexpected keyword 'x'")]}))
+
+    class APIConnectionError(Exception):  # the openai client's name for "nothing listens there"
+        pass
+
+    chat = ScriptedChat({"GeneratorOutput": [APIConnectionError("Connection refused")]})
+    with pytest.raises(UserError, match="could not reach the model server.*FACTFLOW_BASE_URL"):
+        online_adapt(pb, [Sample(question="q", label="a")], chat, run_id="dead", progress=False)
+    assert pb.version == 0
 
 
 def _arith_chat(answer_for: Callable[[str], str]) -> ScriptedChat:
@@ -170,7 +196,7 @@ def test_offline_keeps_best_playbook(tmp_path: Path) -> None:
     )  # ... so it was rolled back
 
 
-def test_exact_match() -> None:
+def test_contains_match() -> None:
     assert contains_match("The answer is Paris.", "paris")
     assert not contains_match("Parisian", "Paris") and not contains_match("5", "")
     assert contains_match("It is 12.", "12") and not contains_match("112", "12")
@@ -179,7 +205,26 @@ def test_exact_match() -> None:
 def test_generator_output_schema_is_bounded() -> None:
     schema = GeneratorOutput.model_json_schema()
     assert "maxLength" not in schema["properties"]["answer"]  # costly for xgrammar; cut after decoding
-    assert len(GeneratorOutput(answer="x" * 500).answer) == 200
+    assert GeneratorOutput(answer="word " * 300).answer == " ".join(["word"] * 200)  # whole words
+    assert GeneratorOutput(answer="TagA," * 300).answer == ",".join(["TagA"] * 200)  # whole list items
+    assert len(GeneratorOutput(answer="x" * 1500).answer) == 1000  # no boundary at all: cut hard
+
+
+def test_lessons_are_cut_at_sentence_boundaries_or_dropped() -> None:
+    long_sentence = "Always convert " + "thousands " * 40 + "first."
+    two = "Check the units. " + long_sentence
+    assert cut_sentences(two, 300) == "Check the units."
+    assert cut_sentences(long_sentence, 300) == ""  # one sentence longer than the cap: rejected
+    ops, notes = curator_ops(
+        [
+            {"type": "ADD", "section": "strategies", "content": cut_sentences(long_sentence, 300)},
+            {"type": "ADD", "section": "strategies", "content": cut_sentences(two, 300)},
+        ]
+    )
+    assert [op.content for op in ops] == ["Check the units."]  # type: ignore[union-attr]
+    assert "one sentence longer than the cap" in notes[0]
+    op = CuratorOutput.model_validate({"operations": [{"type": "ADD", "content": two}]}).operations[0]
+    assert op.content == "Check the units."
     assert Reflection.model_json_schema()["properties"]["bullet_tags"]["maxItems"] == 8
 
 
