@@ -1,7 +1,9 @@
 """Shared fixtures: an isolated FACTFLOW_HOME per test, the real default model, one vLLM server.
 
 The pulled default model is shared across tests (FACTFLOW_MODELS_DIR points at the real models
-dir, filled by `make test`'s setup): converting it per test would cost minutes.
+dir, filled by `make test`'s setup): converting it per test would cost minutes. That dir is the
+one `factflow models pull` uses (the settings' default, so FACTFLOW_MODELS_DIR / FACTFLOW_HOME
+move it), or FACTFLOW_TEST_MODELS_DIR when set.
 """
 
 from __future__ import annotations
@@ -15,9 +17,17 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_MODELS_DIR = Path(
-    os.environ.get("FACTFLOW_TEST_MODELS_DIR", Path.home() / ".cache" / "factflow" / "models")
-)
+
+def _shared_models_dir() -> Path:
+    explicit = os.environ.get("FACTFLOW_TEST_MODELS_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    from factflow.settings import Settings
+
+    return Settings().resolved_models_dir  # read before any test moves FACTFLOW_HOME
+
+
+SHARED_MODELS_DIR = _shared_models_dir()
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +47,23 @@ def factflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     _cached.cache_clear()
     return home
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The shared models dir, for tests that build Settings or environments themselves."""
+    return SHARED_MODELS_DIR
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test: on a shared 2-core box MiniLM runs ~10x faster than with 2."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +102,12 @@ def vllm_chat(vllm_server):  # type: ignore[no-untyped-def]
     return load_chat_model(
         Settings(engine="vllm", base_url=vllm_server.base_url, max_new_tokens=64, temperature=0.0)
     )
+
+
+@pytest.fixture(scope="session")
+def proxy_pair(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small untrained expert/anti-expert pair: the default model cut to 4 and 2 layers."""
+    from factflow.serving.proxy_train import truncate_model
+
+    root = tmp_path_factory.mktemp("proxy-pair")
+    return truncate_model(model_path, 4, root / "k4"), truncate_model(model_path, 2, root / "k2")

@@ -24,21 +24,18 @@ from factflow.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 FACT = "The capital of Zorbia is Quillmar."
-# the pulled default model is shared by all tests (conftest sets FACTFLOW_MODELS_DIR; same default)
-MODELS = Path(os.environ.get("FACTFLOW_MODELS_DIR") or Path.home() / ".cache" / "factflow" / "models")
 QUESTION = "Which city is the seat of government of Zorbia?"  # no word of the fact but "Zorbia"
 
 
-def _settings(home: Path, **kw: Any) -> Settings:
+def _settings(home: Path, models_dir: Path, **kw: Any) -> Settings:
     # answers here are one sentence: a short cap keeps the turns cheap on a 2-core CPU
-    return Settings(home=home, models_dir=MODELS, max_new_tokens=48, **kw)
+    return Settings(home=home, models_dir=models_dir, max_new_tokens=48, **kw)
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    env = dict(os.environ)  # holds conftest's FACTFLOW_MODELS_DIR: the shared pulled model
     env.update(
         FACTFLOW_HOME=str(home),
-        FACTFLOW_MODELS_DIR=str(MODELS),
         HF_HUB_OFFLINE="1",
         FACTFLOW_MAX_NEW_TOKENS="48",
         TOKENIZERS_PARALLELISM="false",
@@ -47,8 +44,8 @@ def _env(home: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    with Agent(_settings(tmp_path_factory.mktemp("agent-home"))) as a:
+def agent(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Any:
+    with Agent(_settings(tmp_path_factory.mktemp("agent-home"), models_dir)) as a:
         yield a
 
 
@@ -88,13 +85,13 @@ def test_stream_yields_tokens_then_result(agent: Agent) -> None:
 
 
 @pytest.mark.slow
-def test_tool_call_round_trip_through_the_action_format(tmp_path: Path) -> None:
+def test_tool_call_round_trip_through_the_action_format(tmp_path: Path, models_dir: Path) -> None:
     @tool
     def secret_code(name: str) -> str:
         """Look up the secret code of a project by its name."""
         return f"The secret code of {name} is 4417."
 
-    settings = _settings(tmp_path, max_tool_rounds=2)
+    settings = _settings(tmp_path, models_dir, max_tool_rounds=2)
     with Agent(settings, tools=[secret_code], tool_choice="secret_code") as a:
         result = a.ask("What is the secret code of project alpha?")
         record = a.why(result.thread_id)

@@ -15,14 +15,12 @@ import pexpect
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = Path(os.environ.get("FACTFLOW_MODELS_DIR") or Path.home() / ".cache" / "factflow" / "models")
 
 
 def _spawn(home: Path) -> pexpect.spawn:
-    env = dict(os.environ)
+    env = dict(os.environ)  # holds conftest's FACTFLOW_MODELS_DIR: the shared pulled model
     env.update(
         FACTFLOW_HOME=str(home),
-        FACTFLOW_MODELS_DIR=str(MODELS),
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         FACTFLOW_MAX_NEW_TOKENS="48",

@@ -13,8 +13,6 @@ from factflow.memory.refine import VectorIndex, dedup_ops
 from factflow.memory.render import get_token_counter
 from factflow.settings import Settings
 
-MODEL_DIR = Path("/root/.cache/factflow/models/SmolLM2-135M-Instruct")
-
 
 @pytest.fixture(scope="module")
 def embedder():  # type: ignore[no-untyped-def]
@@ -23,8 +21,8 @@ def embedder():  # type: ignore[no-untyped-def]
     return get_embedder()
 
 
-def test_proactive_dedup_merges_paraphrases_and_logs_it(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    settings = Settings(home=tmp_path, playbook_tokenizer=str(MODEL_DIR), dedup_threshold=0.85)
+def test_proactive_dedup_merges_paraphrases_and_logs_it(tmp_path: Path, embedder, model_path: str) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(home=tmp_path, playbook_tokenizer=model_path, dedup_threshold=0.85)
     pb = Playbook.open(tmp_path / "pb.sqlite3", settings, embedder=embedder, dedup_mode="proactive")
     pb.apply(
         Delta(ops=[AddOp(section="strategies", content="Always convert all units to SI before computing.")])
@@ -66,8 +64,8 @@ def test_proactive_dedup_merges_paraphrases_and_logs_it(tmp_path: Path, embedder
     assert calls == [1]
 
 
-def test_prune_harmful_and_lazy_mode(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    settings = Settings(home=tmp_path, playbook_tokenizer=str(MODEL_DIR), playbook_prune_min_harmful=2)
+def test_prune_harmful_and_lazy_mode(tmp_path: Path, embedder, model_path: str) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(home=tmp_path, playbook_tokenizer=model_path, playbook_prune_min_harmful=2)
     pb = Playbook.open(tmp_path / "pb.sqlite3", settings, embedder=embedder, dedup_mode="lazy")
     pb.apply(
         Delta(ops=[AddOp(section="strategies", content=f"Lesson {w} about a topic") for w in ("one", "uno")])
@@ -102,8 +100,8 @@ def test_dedup_is_incremental_not_all_pairs() -> None:
     assert len(index) == 199  # the merged-away vector left the index
 
 
-def test_render_with_model_tokenizer_stays_under_budget(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, playbook_tokenizer=str(MODEL_DIR))
+def test_render_with_model_tokenizer_stays_under_budget(tmp_path: Path, model_path: str) -> None:
+    settings = Settings(home=tmp_path, playbook_tokenizer=model_path)
     counter = get_token_counter(settings)
     pb = Playbook.open(tmp_path / "pb.sqlite3", settings, dedup_mode="off", token_counter=counter)
     pb.apply(

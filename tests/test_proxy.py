@@ -13,15 +13,8 @@ from pydantic import BaseModel
 from factflow.errors import UserError
 from factflow.serving.generate import CausalLMSource, GenerationParams, generate
 from factflow.serving.proxy import ProxySource, ProxyTunedLM, combine_logits, load_proxy_config
-from factflow.serving.proxy_train import truncate_model
 
 PROMPTS = ["What is the capital of France?", "Name three colors.", "Write one sentence about cats."]
-
-
-@pytest.fixture(scope="module")
-def pair(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("pair")
-    return truncate_model(model_path, 4, root / "k4"), truncate_model(model_path, 2, root / "k2")
 
 
 def write_config(path: Path, **fields: object) -> Path:
@@ -61,9 +54,9 @@ def test_plausibility_steers_only_tokens_the_expert_finds_plausible() -> None:
 
 # -- config validation ---------------------------------------------------------------------------
 def test_config_resolves_relative_paths_and_json(
-    model_path: str, pair: tuple[Path, Path], tmp_path: Path
+    model_path: str, proxy_pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    k4, k2 = pair
+    k4, k2 = proxy_pair
     shutil.copytree(k4, tmp_path / "exp")
     toml = write_config(tmp_path / "p.toml", base=Path(model_path), expert="exp", anti_expert=k2, alpha=0.7)
     cfg = load_proxy_config(toml)
@@ -76,9 +69,9 @@ def test_config_resolves_relative_paths_and_json(
 
 
 def test_config_errors_are_one_clear_sentence(
-    model_path: str, pair: tuple[Path, Path], tmp_path: Path
+    model_path: str, proxy_pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    k4, k2 = pair
+    k4, k2 = proxy_pair
     with pytest.raises(UserError, match="does not exist"):
         load_proxy_config(tmp_path / "nope.toml")
     cfg = write_config(
@@ -115,13 +108,13 @@ def test_config_errors_are_one_clear_sentence(
 
 
 def test_cli_info_shows_depths_alpha_and_plausibility(
-    model_path: str, pair: tuple[Path, Path], tmp_path: Path
+    model_path: str, proxy_pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from typer.testing import CliRunner
 
     from factflow.agent.cli import app
 
-    k4, k2 = pair
+    k4, k2 = proxy_pair
     cfg = write_config(tmp_path / "p.toml", base=Path(model_path), expert=k4, anti_expert=k2, alpha=0.5)
     result = CliRunner().invoke(app, ["proxy", "info", str(cfg)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -133,11 +126,11 @@ def test_cli_info_shows_depths_alpha_and_plausibility(
 
 # -- real model ----------------------------------------------------------------------------------
 def test_alpha_zero_and_equal_pair_give_base_greedy_output(
-    model_path: str, pair: tuple[Path, Path], tmp_path: Path
+    model_path: str, proxy_pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from factflow.serving.hf_engine import load_hf_model
 
-    k4, k2 = pair
+    k4, k2 = proxy_pair
     base_model, tok = load_hf_model(model_path)
     params = GenerationParams(max_new_tokens=20)
     lm = make_lm(tmp_path / "p.toml", model_path, k4, k2, 0.0)
@@ -159,11 +152,11 @@ class Capital(BaseModel):
 
 
 def test_chat_model_streams_stops_and_structures(
-    model_path: str, pair: tuple[Path, Path], tmp_path: Path
+    model_path: str, proxy_pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from langchain_core.messages import HumanMessage
 
-    k4, k2 = pair
+    k4, k2 = proxy_pair
     lm = make_lm(tmp_path / "p.toml", model_path, k4, k2, 0.3)
     chat = lm.chat_model(max_new_tokens=24)
     question = [HumanMessage("Count from one to ten in words, separated by commas.")]
@@ -188,13 +181,13 @@ KEEP = ["What is the capital of Portugal?", "How many legs does a dog have?", "W
 
 
 def test_retain_term_holds_the_expert_to_the_anti_expert_on_base_answers(
-    model_path: str, pair: tuple[Path, Path], tmp_path: Path
+    model_path: str, proxy_pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from factflow.serving.proxy_train import _base_answers, _kl_per_token, tune_expert
 
-    _, k2 = pair
+    _, k2 = proxy_pair
 
     def tune(name: str, retain_per_epoch: int) -> Path:
         return tune_expert(k2, FACT_ROWS, tmp_path / name, epochs=6, batch_size=4, lr=1e-3,
@@ -221,12 +214,14 @@ def test_retain_term_holds_the_expert_to_the_anti_expert_on_base_answers(
     assert held_kl < 0.5 * free_kl, (held_kl, free_kl)
 
 
-def test_cli_tune_writes_an_expert_and_names_a_missing_base(pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_tune_writes_an_expert_and_names_a_missing_base(
+    proxy_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
     from typer.testing import CliRunner
 
     from factflow.agent.cli import app
 
-    _, k2 = pair
+    _, k2 = proxy_pair
     data = tmp_path / "facts.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in FACT_ROWS))
     args = ["proxy", "tune", str(data), "--epochs", "1"]

@@ -11,7 +11,6 @@ import pytest
 from factflow.serving.generate import CausalLMSource, GenerationParams, generate
 from factflow.serving.proxy import ProxyConfig, ProxyTunedLM
 from factflow.serving.proxy_prepare import prepare_vllm_folder
-from factflow.serving.proxy_train import truncate_model
 
 pytestmark = pytest.mark.vllm
 
@@ -23,12 +22,6 @@ PROMPTS = [
     "Give me a tip for better sleep.",
 ]
 MAX_TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def pair(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("vllm-pair")
-    return truncate_model(model_path, 4, root / "k4"), truncate_model(model_path, 2, root / "k2")
 
 
 def serve(config: ProxyConfig, folder: Path) -> Iterator[str]:
@@ -49,10 +42,10 @@ def vllm_greedy(base_url: str, prompts: list[list[int]]) -> list[str]:
 
 
 def test_vllm_greedy_parity_with_transformers(
-    model_path: str, pair: tuple[Path, Path], tmp_path: Path
+    model_path: str, proxy_pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """A real, different-depth pair (4 vs 2 layers) steering the 30-layer base: same greedy text."""
-    k4, k2 = pair
+    k4, k2 = proxy_pair
     config = ProxyConfig(base=Path(model_path), expert=k4, anti_expert=k2, alpha=0.3)
     lm = ProxyTunedLM(config)
     ids = [lm.prompt_ids(p) for p in PROMPTS]
@@ -69,8 +62,10 @@ def test_vllm_greedy_parity_with_transformers(
 
 
 @pytest.mark.slow
-def test_vllm_equal_pair_gives_base_output(model_path: str, pair: tuple[Path, Path], tmp_path: Path) -> None:
-    k4, _ = pair
+def test_vllm_equal_pair_gives_base_output(
+    model_path: str, proxy_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    k4, _ = proxy_pair
     config = ProxyConfig(base=Path(model_path), expert=k4, anti_expert=k4, alpha=1.0)
     lm = ProxyTunedLM(config)
     ids = [lm.prompt_ids(p) for p in PROMPTS]

@@ -24,14 +24,7 @@ from factflow.settings import Settings
 CASES = Path(__file__).parent / "data" / "writeback_cases.jsonl"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _check(report, label: str) -> None:
