@@ -116,12 +116,12 @@ def reft_eval(
     """Exact recall with and without the adapter. Example: factflow reft eval ad/ facts.jsonl"""
     from factflow.agent.cli import console, load_settings
     from factflow.serving.models import resolve_model
-    from factflow.serving.reft import ReftAdapter, _load_base, load_examples, recall
+    from factflow.serving.reft import ReftAdapter, load_base_model, load_examples, recall
 
     settings = load_settings(model=model)
     ad = ReftAdapter.load(adapter)
     examples = load_examples(data)
-    hf_model, tok = _load_base(resolve_model(settings))
+    hf_model, tok = load_base_model(resolve_model(settings))
     base_recall, _ = recall(hf_model, tok, examples, progress=True)
     with ad.attach(hf_model):
         reft_recall, outputs = recall(hf_model, tok, examples, progress=True)

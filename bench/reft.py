@@ -23,11 +23,11 @@ from factflow.serving.reft import (
     ReftAdapter,
     ReftConfig,
     TrainConfig,
-    _prompt_ids,
     load_examples,
     prepare_vllm_folder,
     train_reft,
 )
+from factflow.serving.training import chat_prompt_ids
 
 __all__ = ["main", "run"]
 
@@ -118,7 +118,7 @@ def run(
         adapter_dir = adapter
     train_s = time.perf_counter() - t0
     report = json.loads((adapter_dir / "training.json").read_text())
-    prompts = [_prompt_ids(tok, ex.prompt, True) for ex in examples[:n_prompts]]
+    prompts = [chat_prompt_ids(tok, ex.prompt) for ex in examples[:n_prompts]]
 
     result: dict[str, Any] = {
         "trainable_params": report["trainable_params"],

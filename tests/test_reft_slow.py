@@ -17,13 +17,13 @@ from factflow.serving.reft import (
     ReftAdapter,
     ReftConfig,
     TrainConfig,
-    _prompt_ids,
     greedy_generate,
     load_examples,
     prepare_vllm_folder,
     recall,
     train_reft,
 )
+from factflow.serving.training import chat_prompt_ids
 
 FACTS = Path(__file__).resolve().parents[1] / "bench" / "reft_facts.jsonl"
 # Two layers, rank 8: 2 x (2*8*576 + 8) = 18,448 trainable parameters; stops near epoch 18.
@@ -80,7 +80,7 @@ def test_vllm_greedy_parity_with_transformers(trained: dict, tmp_path: Path) -> 
     from factflow.serving.vllm_server import SERVED_MODEL_NAME, VLLMServer
 
     model, tok = trained["model"], trained["tok"]
-    prompts = [_prompt_ids(tok, ex.prompt, True) for ex in trained["examples"][:5]]
+    prompts = [chat_prompt_ids(tok, ex.prompt) for ex in trained["examples"][:5]]
     adapter = ReftAdapter.load(trained["adapter"])
     base_out = [greedy_generate(model, tok, p, 16) for p in prompts]
     with adapter.attach(model):
