@@ -159,10 +159,9 @@ def serve(
 
         served = reft_served_model(served, reft, settings.home)
     elif proxy is not None:
-        from factflow.serving.proxy import load_proxy_config
-        from factflow.serving.proxy_prepare import prepare_vllm_folder
+        from factflow.serving.proxy_prepare import proxy_served_model
 
-        served = str(prepare_vllm_folder(load_proxy_config(proxy), settings.home / "vllm-proxy" / proxy.stem))
+        served = proxy_served_model(proxy, settings.home)
     server = VLLMServer(
         served,
         host=settings.host,
