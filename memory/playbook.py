@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -153,7 +154,7 @@ class Playbook:
         file = Path(path) if path is not None else playbook_path(settings, namespace)
         try:
             db = PlaybookDB(file.expanduser(), sections or dict(DEFAULT_SECTIONS))
-        except Exception as exc:
+        except (OSError, sqlite3.Error) as exc:  # path, permissions, not a database
             raise UserError(
                 f"cannot open the playbook at {file} ({exc}): check the path and permissions"
             ) from None
@@ -572,7 +573,8 @@ class Playbook:
             raw = json.loads(data) if isinstance(data, str) else dict(data)
             raw.pop("format", None)
             target = PlaybookState.model_validate(raw)
-        except Exception as exc:
+        except (OSError, ValueError, TypeError) as exc:  # unreadable, not JSON, wrong shape
+            # (pydantic's ValidationError and json's JSONDecodeError are ValueErrors)
             raise UserError(
                 f"not a factflow playbook export ({type(exc).__name__}): export one with "
                 "`factflow playbook export --format json`"
