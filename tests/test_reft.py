@@ -180,3 +180,33 @@ def test_prepare_vllm_folder(base, tmp_path: Path) -> None:
     ps = ReftAdapter.for_model(ReftConfig(layers=[2], rank=2, positions="prefix+suffix"), model)
     with pytest.raises(UserError, match="positions='prefix\\+suffix'"):
         prepare_vllm_folder(path, ps.save(tmp_path / "ps"), tmp_path / "served2")
+
+
+def test_served_folders_are_keyed_by_content_not_file_name(base, tmp_path: Path) -> None:
+    from factflow.serving.reft import reft_served_model
+
+    path, model, _ = base
+    one = ReftAdapter.for_model(ReftConfig(layers=[2], rank=2), model).save(tmp_path / "a" / "facts")
+    two = ReftAdapter.for_model(ReftConfig(layers=[3], rank=2), model).save(tmp_path / "b" / "facts")
+    home = tmp_path / "home"
+    first, second = reft_served_model(path, one, home), reft_served_model(path, two, home)
+    assert first != second  # same folder name, different adapters: two prepared folders
+    assert Path(first).parent == home / "vllm" and Path(first).name.startswith("reft-")
+    assert json.loads((Path(second) / "config.json").read_text())["factflow_reft_adapter"] == str(two)
+    assert reft_served_model(path, one, home) == first  # preparing again reuses the folder
+
+
+def test_pairs_end_with_the_templates_end_of_turn(base) -> None:
+    from factflow.serving.training import encode_pair, end_of_turn, pad_pairs
+
+    _, _, tok = base
+    assert end_of_turn(tok) == "<|im_end|>"  # what SmolLM2's ChatML template closes a turn with
+    pair = encode_pair(tok, "Where is Veloria?", "Far away.")
+    assert tok.decode(pair.ids[pair.start :]) == "Far away.<|im_end|>"
+    turn = [{"role": "user", "content": "Where is Veloria?"}]
+    head = tok.apply_chat_template(turn, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert pair.ids[: pair.start] == list(head)
+    batch = pad_pairs([pair, encode_pair(tok, "Hi?", "Hello.")], pad_id=0)
+    assert batch.ids.shape == batch.labels.shape and int(batch.starts[0]) == pair.start
+    assert (batch.labels[0, : pair.start] == -100).all()  # no loss on the question
+    assert batch.labels[0, pair.start : len(pair.ids)].tolist() == pair.ids[pair.start :]
