@@ -12,7 +12,7 @@ from pathlib import Path
 from _agent_fakes import FACTS, FakePlaybook, FakeStore, FakeToolCallingModel
 from langchain_core.messages import AIMessage
 
-from factflow.agent.api import Agent, AnswerExtractor
+from factflow.agent.api import Agent, AnswerExtractor, AskResult, StreamEvent
 from factflow.settings import Settings
 
 
@@ -35,17 +35,32 @@ def test_threads_persist_in_sqlite_and_can_be_deleted(tmp_path: Path) -> None:
         assert [t.thread_id for t in agent.threads()] == ["b"]
 
 
+def _summary(result: AskResult) -> tuple[str, list[str], list[str], list[str]]:
+    return result.answer, result.cited_fact_ids, result.retrieved_fact_ids, result.used_bullet_ids
+
+
+def _events(events: list[StreamEvent]) -> list[tuple[str, str | None, str]]:
+    return [(e.kind, e.node, e.text) for e in events]
+
+
 def test_async_variants_match_sync(tmp_path: Path) -> None:
+    question = "capital of Zorbia?"
     with _agent(tmp_path, "Paris [f-paris].") as agent:
+        sync_result = agent.ask(question, thread_id="s1")
+        sync_events = list(agent.stream(question, thread_id="s2"))
 
-        async def go() -> tuple[str, list[str]]:
-            result = await agent.aask("capital of Zorbia?", thread_id="x")
-            kinds = [e.kind async for e in agent.astream("capital of Zorbia?", thread_id="y")]
-            return result.answer, kinds
+        async def go() -> tuple[AskResult, list[StreamEvent]]:
+            result = await agent.aask(question, thread_id="a1")
+            events = [e async for e in agent.astream(question, thread_id="a2")]
+            return result, events
 
-        answer, kinds = asyncio.run(go())
-    assert answer == "Paris [f-paris]."
-    assert kinds[0] == "node" and kinds[-1] == "result"
+        async_result, async_events = asyncio.run(go())
+    assert _summary(async_result) == _summary(sync_result)
+    assert sync_result.answer == "Paris [f-paris]." and sync_result.cited_fact_ids == ["f-paris"]
+    assert _events(async_events) == _events(sync_events)
+    assert sync_events[0].kind == "node" and sync_events[-1].kind == "result"
+    assert sync_events[-1].result is not None and async_events[-1].result is not None
+    assert _summary(async_events[-1].result) == _summary(sync_events[-1].result)
 
 
 def test_feedback_runs_the_learn_path(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from factflow.errors import UserError
 from factflow.evals.agentic_report import write_bfcl_report
 from factflow.evals.appworld import INSTALL_HINT, appworld_available
 from factflow.evals.bfcl_data import load_category
@@ -68,8 +69,7 @@ def test_cli_appworld_explains_how_to_install(tmp_path: Path) -> None:
     from factflow.agent.cli import app
 
     result = CliRunner().invoke(app, ["eval", "appworld", "--quick", "--out", str(tmp_path)])
-    assert result.exit_code != 0
-    assert isinstance(result.exception, Exception) and INSTALL_HINT in str(result.exception)
+    assert isinstance(result.exception, UserError) and INSTALL_HINT in str(result.exception)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from factflow.errors import UserError
 from factflow.evals.lab import METRICS, load_rows, quick_config, run_lab
 from factflow.evals.lab_routes import ROUTES, route_unavailable
 
@@ -51,7 +52,8 @@ def test_unknown_route_is_a_user_error(tmp_path: Path) -> None:
     from factflow.agent.cli import app
 
     result = CliRunner().invoke(app, ["eval", "lab", "--quick", "--routes", "magic", "--out", str(tmp_path)])
-    assert result.exit_code != 0
+    assert isinstance(result.exception, UserError), result.output
+    assert "unknown lab route 'magic': choose from none, playbook" in str(result.exception)
 
 
 @pytest.mark.slow

@@ -249,4 +249,5 @@ def test_cli_show_history_rollback_export_import(tmp_path: Path, monkeypatch: py
     out = run(app, ["playbook", "import", str(md)])
     assert out.exit_code == 0 and "imported 2 bullets as version 4" in out.output
     out = run(app, ["playbook", "export", "--format", "yaml"])
-    assert out.exit_code != 0
+    assert isinstance(out.exception, UserError)
+    assert "unknown export format 'yaml': use --format json or --format markdown" in str(out.exception)
