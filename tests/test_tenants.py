@@ -28,7 +28,9 @@ def _model(*answers: str) -> FakeToolCallingModel:
 def test_look_alike_namespaces_have_separate_playbooks(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, dedup_mode="off")
     paths = {ns: playbook_path(settings, ns) for ns in LOOK_ALIKE}
-    assert len(set(paths.values())) == 2 and playbook_path(settings, "default") == tmp_path / "playbook.sqlite3"
+    assert (
+        len(set(paths.values())) == 2 and playbook_path(settings, "default") == tmp_path / "playbook.sqlite3"
+    )
     with Playbook.open(settings=settings, namespace="john_doe") as pb:
         pb.apply(Delta(ops=[AddOp(section="strategies", content="Answer John in French.")]))
     # the Agent opens its namespace's playbook
