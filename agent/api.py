@@ -173,7 +173,8 @@ class _TokenFilter:
     (tool decisions and arguments are tagged CONTROL_TAG and never shown)."""
 
     def __init__(self) -> None:
-        self.extractor, self.run_id = AnswerExtractor(), None
+        self.extractor = AnswerExtractor()
+        self.run_id: str | None = None
 
     def events(self, mode: str, payload: Any) -> list[StreamEvent]:
         if mode == "updates":

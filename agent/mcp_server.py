@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from factflow import __version__
@@ -191,7 +192,7 @@ def build_server(
         instructions=_INSTRUCTIONS,
         log_level="WARNING",
     )
-    readonly = {"readOnlyHint": True}
+    readonly = ToolAnnotations(read_only_hint=True)
 
     @server.tool(annotations=readonly)
     @_tool_errors
