@@ -50,6 +50,9 @@ class ClaimVerdict(_Strict):
 
     claim: str
     cited_ids: list[str] = Field(default_factory=list)
+    citation_by: Literal["model", "system"] = Field(
+        "model", description="Who attached the citations: the model, or the system after the fact (weaker)."
+    )
     attributed: bool = False
     supported: bool = False
     novel: bool = False

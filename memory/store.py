@@ -349,11 +349,13 @@ class FactStore:
         chat_model: Any = None,
         verifiers: Sequence[Verifier] | None = None,
         dry_run: bool = False,
+        system_cited: bool = False,
     ) -> WritebackDecision:
         """Run the write-back gate; every accepted claim becomes one model fact (unless dry_run).
 
         Raises UserError for empty/oversized answers and citations to unknown ids (these are
-        logged too). `chat_model` adds an LLM judge; `verifiers` replaces the default list.
+        logged too). `chat_model` adds an LLM judge; `verifiers` replaces the default list;
+        `system_cited` marks citations the system attached, not the model (weaker evidence).
         See `store_gate.py`.
         """
         return gate_propose(
@@ -365,6 +367,7 @@ class FactStore:
             chat_model=chat_model,
             verifiers=verifiers,
             dry_run=dry_run,
+            system_cited=system_cited,
         )
 
     # -- audit -------------------------------------------------------------------------------

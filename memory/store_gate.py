@@ -16,10 +16,12 @@ from factflow.memory.store_search import nearest
 from factflow.memory.verify import (
     GroundingVerifier,
     LLMJudgeVerifier,
+    Neighbor,
     NLIVerifier,
     Verifier,
     judge_claim,
     looks_like_instruction,
+    restatement_of,
     split_claims,
 )
 from factflow.settings import Settings
@@ -39,7 +41,13 @@ def default_verifiers(settings: Settings) -> list[Verifier]:
         from factflow.serving.models import resolve_model
 
         path = resolve_model(settings.model_copy(update={"model": settings.fact_judge_model}))
-        vs.append(LLMJudgeVerifier.from_model_path(path, settings.fact_judge_threshold))
+        vs.append(
+            LLMJudgeVerifier.from_model_path(
+                path,
+                settings.fact_judge_threshold,
+                accepts_compositions=settings.fact_judge_accepts_compositions,
+            )
+        )
     return vs
 
 
@@ -53,8 +61,14 @@ def propose(
     chat_model: Any = None,
     verifiers: Sequence[Verifier] | None = None,
     dry_run: bool = False,
+    system_cited: bool = False,
 ) -> WritebackDecision:
-    """Run the write-back gate; every accepted claim becomes one model fact (unless dry_run)."""
+    """Run the write-back gate; every accepted claim becomes one model fact (unless dry_run).
+
+    `system_cited`: the citations were attached by the system, not the model (weaker evidence,
+    recorded in each verdict). A claim that repeats an earlier claim of the same answer is
+    rejected as not novel, like one that repeats a stored fact.
+    """
     ns = store.namespace_of(namespace)
     answer = store._check_text(answer, "answer")
     claims = split_claims(answer, cited_ids)
@@ -68,7 +82,13 @@ def propose(
         )
     active = list(verifiers) if verifiers is not None else list(store.verifiers())
     if chat_model is not None:
-        active.append(LLMJudgeVerifier.from_chat_model(chat_model, store.settings.fact_judge_threshold))
+        active.append(
+            LLMJudgeVerifier.from_chat_model(
+                chat_model,
+                store.settings.fact_judge_threshold,
+                accepts_compositions=store.settings.fact_judge_accepts_compositions,
+            )
+        )
     sources = {i: f.text for i, f in known.items() if f.is_valid()}
     near = nearest(store, [c.text for c in claims], ns)
     verdicts = [
@@ -79,9 +99,16 @@ def propose(
             neighbors=nb,
             verifiers=active,
             novelty_threshold=store.settings.fact_novelty_threshold,
+            system_cited=system_cited,
         )
         for c, nb in zip(claims, near, strict=True)
     ]
+    for j, v in enumerate(verdicts):  # novelty within the answer: an earlier claim counts as stored
+        earlier = [Neighbor(f"claim {i + 1} of this answer", verdicts[i].claim, 0.0) for i in range(j)]
+        again = restatement_of(v.claim, earlier)
+        if again is not None and v.accepted:
+            v.accepted, v.novel, v.duplicate_of = False, False, again
+            v.reasons.append(f"novelty: repeats {again}")
     reasons: list[str] = []
     if not claims:
         reasons.append("no factual claims found in the answer")

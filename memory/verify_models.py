@@ -107,12 +107,23 @@ class LLMJudgeVerifier:
 
     name = "llm_judge"
 
-    def __init__(self, scorer: Callable[[str, list[str]], tuple[float, str]], threshold: float = 0.8) -> None:
+    def __init__(
+        self,
+        scorer: Callable[[str, list[str]], tuple[float, str]],
+        threshold: float = 0.8,
+        *,
+        accepts_compositions: bool = False,
+    ) -> None:
         self._scorer = scorer
         self.threshold = threshold
+        # Only for a capable judge model: it may then accept a composition the grounding rules
+        # cannot verify (see `judge_claim`). With the default 135M model the rules decide.
+        self.accepts_compositions = accepts_compositions
 
     @classmethod
-    def from_model_path(cls, path: str, threshold: float = 0.8) -> LLMJudgeVerifier:
+    def from_model_path(
+        cls, path: str, threshold: float = 0.8, *, accepts_compositions: bool = False
+    ) -> LLMJudgeVerifier:
         import torch
 
         from factflow.serving.hf_engine import load_hf_model
@@ -131,10 +142,12 @@ class LLMJudgeVerifier:
             p_yes = float(torch.softmax(logits[label_ids], -1)[0])
             return p_yes, f"P(yes)={p_yes:.2f}"
 
-        return cls(score, threshold)
+        return cls(score, threshold, accepts_compositions=accepts_compositions)
 
     @classmethod
-    def from_chat_model(cls, chat_model: Any, threshold: float = 0.8) -> LLMJudgeVerifier:
+    def from_chat_model(
+        cls, chat_model: Any, threshold: float = 0.8, *, accepts_compositions: bool = False
+    ) -> LLMJudgeVerifier:
         structured = chat_model.with_structured_output(JudgeAnswer)
 
         def score(claim: str, sources: list[str]) -> tuple[float, str]:
@@ -150,7 +163,7 @@ class LLMJudgeVerifier:
             p = ans.probability if ans.verdict == "supported" else 0.0
             return p, f"verdict={ans.verdict} p={ans.probability:.2f}"
 
-        return cls(score, threshold)
+        return cls(score, threshold, accepts_compositions=accepts_compositions)
 
     def check(self, claim: str, sources: list[str]) -> VerifierResult:
         p, why = self._scorer(claim, sources)

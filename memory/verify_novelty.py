@@ -26,7 +26,9 @@ class Neighbor:
 
 def restatement_of(claim: str, neighbors: Sequence[Neighbor]) -> str | None:
     """Id of a stored fact the claim restates: same content words (Jaccard >= 0.8), or all its
-    content words inside a one-sentence fact (it adds nothing to an atomic fact)."""
+    content words inside one sentence of the fact (per sentence, so restating one sentence of a
+    multi-sentence chunk adds nothing either; a sentence made self-contained, "The Nimbus sensor
+    of Acme ..." from "... The Nimbus sensor ...", does add the link)."""
     words = content_stems(claim)
     if not words:
         return None
@@ -36,7 +38,7 @@ def restatement_of(claim: str, neighbors: Sequence[Neighbor]) -> str | None:
             continue
         if len(words & other) / len(words | other) >= 0.8:
             return n.id
-        if words <= other and len(split_sentences(n.text)) <= 1:
+        if any(words <= content_stems(s) for s in split_sentences(n.text)):
             return n.id
     return None
 
@@ -44,7 +46,8 @@ def restatement_of(claim: str, neighbors: Sequence[Neighbor]) -> str | None:
 def find_contradictions(claim: str, neighbors: Sequence[Neighbor]) -> list[str]:
     """Ids of stored facts with a sentence about the same thing that disagrees on a number, a
     named entity or polarity. Same thing = >= 2 shared non-anchor content words covering >= 60%
-    of the claim's (one suffices when they also share an anchor)."""
+    of the claim's (one suffices when they also share an anchor), and, when both name entities,
+    at least one entity in common (two towers of different heights don't disagree)."""
     claim_anchor = anchors(claim)
     c_nums = {a for k, a in claim_anchor if k == "number"}
     c_ents = {a for k, a in claim_anchor if k == "entity"}
@@ -57,6 +60,8 @@ def find_contradictions(claim: str, neighbors: Sequence[Neighbor]) -> list[str]:
             s_nums = {a for k, a in s_anchor if k == "number"}
             s_ents = {a for k, a in s_anchor if k == "entity"}
             s_words = content_stems(sentence) - {stem(w) for a in s_nums | s_ents for w in a.split()}
+            if c_ents and s_ents and not c_ents & s_ents:
+                continue  # different subjects: different numbers are no disagreement
             shared = words & s_words
             shared_anchor = (c_nums & s_nums) or (c_ents & s_ents)
             if len(shared) < (1 if shared_anchor else 2) or len(shared) < 0.6 * len(words):

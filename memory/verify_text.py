@@ -33,9 +33,7 @@ _STOP_TEXT = """a an the of in on at to for by with and or but as from that whic
 those it its it's is are was were be been being am has have had having do does did also such than
 then there their they them he him his she her we our us you your i me my into onto about while
 whereas per via so very just well still yet other another same own what when where why how
-located based
-will would shall should can could may might must both either each every all any some over under
-after before during since until more most less least much many only"""
+located based"""
 _NEG_TEXT = "not no never neither nor none nobody nothing without cannot"
 STOPWORDS = frozenset(_STOP_TEXT.split())
 NEGATIONS = frozenset(_NEG_TEXT.split())

@@ -170,15 +170,21 @@ def test_propose_writes_verified_claims_and_audits(store: FactStore) -> None:
     staff = store.teach("Acme employs 120 people.")
     ids = [doc.id, staff.id]
     good = store.propose(
-        f"The Kestrel sensor was launched in 2019 [{doc.id}]. Acme employs 120 people "
-        f"and makes sensors [{staff.id}, {doc.id}].",
+        f"Acme's Kestrel sensor was launched in 2019 [{doc.id}]. The Kestrel sensor was launched in 2019 "
+        f"[{doc.id}]. Acme employs 120 people and makes sensors [{staff.id}, {doc.id}]. Acme employs "
+        f"120 people and makes sensors [{staff.id}, {doc.id}].",
         [],
         ids,
     )
-    assert good.accepted and len(good.fact_ids) == 2, good.reasons  # an atomic extraction and a synthesis
+    # a sentence made self-contained and a synthesis; a sentence of the chunk as it stands and a
+    # claim repeated within the answer add nothing
+    assert [c.accepted for c in good.claims] == [True, False, True, False], good.reasons
+    assert "restates stored fact" in good.claims[1].reasons[0] and good.claims[1].duplicate_of == doc.id
+    assert good.claims[3].reasons == ["novelty: repeats claim 3 of this answer"]
     stored = store.get(good.fact_ids[0])
     assert stored is not None and stored.origin == "model" and stored.source_ids == [doc.id]
     assert stored.verification and stored.verification[0].accepted
+    assert stored.verification[0].citation_by == "model"
     bad = store.propose("The Kestrel sensor was launched in 2021 by Maria Lopez.", [doc.id], ids)
     assert not bad.accepted and any("2021" in r for r in bad.reasons)
     unattributed = store.propose("Acme makes sensors and employs 120 people.", [doc.id, staff.id], [doc.id])
@@ -191,13 +197,13 @@ def test_fact_tools_record_retrievals_and_gate_proposals(store: FactStore) -> No
 
     from factflow.tools.facts import ProposeFactArgs, make_fact_tools
 
-    doc = store.teach("Acme makes sensors. The Kestrel sensor was launched in 2019.")
+    doc = store.teach("Acme makes sensors. The Kestrel sensor was launched in 2019. It sells for 40 euros.")
     retrieved: set[str] = set()
     search, get, propose = make_fact_tools(store, "default", retrieved)
     assert doc.id in search.invoke({"query": "Kestrel launch", "k": 3}) and retrieved == {doc.id}
     assert "error" in get.invoke({"fact_id": "f-missing"})
     assert json.loads(get.invoke({"fact_id": doc.id}))["state"] == "valid"
-    out = propose.invoke({"text": "The Kestrel sensor was launched in 2019.", "cited_ids": [doc.id]})
+    out = propose.invoke({"text": "Acme's Kestrel sensor was launched in 2019.", "cited_ids": [doc.id]})
     assert out.startswith("stored as m-")
     assert propose.invoke({"text": "Acme was sold in 2020.", "cited_ids": [doc.id]}).startswith("not stored")
     assert "unknown fact id" in propose.invoke({"text": "Acme is big.", "cited_ids": ["f-x"]})

@@ -22,6 +22,7 @@ from factflow.memory.verify import (
 from factflow.settings import Settings
 
 CASES = Path(__file__).parent / "data" / "writeback_cases.jsonl"
+COMPOSITIONS = Path(__file__).parent / "data" / "writeback_compositions.jsonl"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,14 +31,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _check(report, label: str) -> None:
     rate = report.supported_rate
     print(
-        f"\n[{label}] cases={report.n_cases} unsupported/contradicting accepted={report.wrongly_accepted} "
+        f"\n[{label}] cases={report.n_cases} wrongly accepted claims={report.wrongly_accepted} "
         f"supported-novel accepted={report.supported_accepted}/{report.supported_novel} ({rate:.1%}) "
+        f"compositions accepted={report.compositions_accepted}/{report.compositions} "
         f"by category={report.by_category} s/claim={report.seconds_per_claim:.3f}"
     )
     for f in report.failures:
         print("  miss:", f["id"], f["category"], f["answer"], f["reasons"][:1])
     assert report.wrongly_accepted == 0
     assert rate >= 0.85
+    assert report.compositions == 0 or report.composition_rate >= 0.8
 
 
 def test_shipped_cases_cover_every_category() -> None:
@@ -53,18 +56,109 @@ def test_shipped_cases_cover_every_category() -> None:
         "entity_swapped",
         "injected",
     }
+    new = load_cases(COMPOSITIONS)
+    assert len(new) >= 100 and {c["category"] for c in new} == {
+        "composition_comparison",
+        "composition_bridge",
+        "composition_conjunction",
+        "direction_flip",
+        "quantifier_flip",
+        "unsupported_comparison",
+        "bridge_swap",
+        "conjunction_false_part",
+        "chunk_sentence_duplicate",
+        "repeated_in_answer",
+    }
+    assert all(len(c["claim_labels"]) == 2 for c in new if c["label"] == "mixed")
 
 
-def test_gate_targets_on_two_worlds(tmp_path: Path) -> None:
-    cases = [c for c in load_cases(CASES) if c["world"] in ("w00", "w01")]
+def test_gate_targets_on_two_worlds_of_each_set(tmp_path: Path) -> None:
+    cases = [c for c in load_cases(CASES, COMPOSITIONS) if c["world"] in ("w00", "w01", "c00", "c01")]
     with FactStore.open(Settings(home=tmp_path)) as store:
-        _check(evaluate_gate(store, cases), "gate, 2 worlds")
+        _check(evaluate_gate(store, cases), "gate, 4 worlds")
 
 
 @pytest.mark.slow
 def test_gate_targets_on_all_cases(tmp_path: Path) -> None:
     with FactStore.open(Settings(home=tmp_path)) as store:
-        _check(evaluate_gate(store, load_cases(CASES)), "gate, all cases")
+        _check(evaluate_gate(store, load_cases(CASES, COMPOSITIONS)), "gate, all cases")
+
+
+def test_compositions_on_unseen_wording() -> None:
+    """Sentences no generator template uses: compositions pass, near misses don't."""
+    g = GroundingVerifier()
+    bridge = ["Ilse Varga founded Ydrin.", "Ydrin is the capital of Petria."]
+    lines = ["The Amber Line is 3 miles long.", "The Birch Line is 4000 metres long."]
+    shops = ["Acme has 12 shops.", "Brio has 30 shops."]
+    years = ["Acme was founded in 1970.", "Brio opened 40 shops in 1980."]
+    entailed = [
+        ("The capital of Petria was founded by Ilse Varga.", bridge),
+        ("Petria's capital was founded by Ilse Varga.", bridge),
+        ("The Amber Line is longer than the Birch Line.", lines),  # 3 miles = 4828 m
+        ("Acme has fewer shops than Brio.", shops),
+        ("Acme has 18 fewer shops than Brio.", shops),
+        ("Acme makes sensors and employs 120 people.", ["Acme makes sensors.", "Acme employs 120 people."]),
+        ("Ydrin was founded by Ilse Varga.", bridge),
+    ]
+    for claim, src in entailed:
+        assert g.check(claim, src).label == "entailed", (claim, g.check(claim, src).reason)
+    rejected = [
+        ("The Amber Line is shorter than the Birch Line.", lines, "contradicted"),
+        ("Acme has more shops than Brio.", shops, "contradicted"),
+        ("Acme has 20 fewer shops than Brio.", shops, "contradicted"),
+        ("Acme is older than Brio.", years, "neutral"),  # 1980 is when Brio opened shops
+        ("Acme was founded after 2022.", ["Acme was founded in 2022."], "neutral"),
+        ("Acme will open a lab in Graz.", ["Acme may open a lab in Graz."], "neutral"),
+        ("All Acme staff work in Graz.", ["Some Acme staff work in Graz."], "neutral"),
+        ("Acme has more shops than Brio.", ["Acme has 12 shops and Brio has 30 shops."], "neutral"),
+        ("Ilse Varga was founded by Ydrin.", bridge, "neutral"),
+        ("Ydrin founded the capital of Petria.", bridge, "neutral"),
+        (
+            "Acme makes sensors and employs 120 people.",
+            ["Acme makes sensors.", "Brio employs 120 people."],
+            "neutral",
+        ),
+        ("Acme is more expensive than Brio.", ["Acme costs 40 euros.", "Brio costs 30 dollars."], "neutral"),
+    ]
+    for claim, src, label in rejected:
+        assert g.check(claim, src).label == label, (claim, g.check(claim, src).reason)
+
+
+def test_system_added_citations_are_weaker_evidence() -> None:
+    from factflow.memory.verify import Claim, judge_claim
+
+    src = {"a": "The Amber Line is 3 miles long.", "b": "The Birch Line is 4000 metres long."}
+    kw = {"retrieved": {"a", "b"}, "sources": src, "neighbors": [], "verifiers": [GroundingVerifier()]}
+    composed = Claim("The Amber Line is longer than the Birch Line.", ["a", "b"])
+    assert judge_claim(composed, **kw).accepted  # the model's own citations
+    weak = judge_claim(composed, system_cited=True, **kw)
+    assert not weak.accepted and weak.citation_by == "system" and "system added" in weak.reasons[-1]
+    direct = judge_claim(Claim("The Birch Line is 4000 metres long.", ["b"]), system_cited=True, **kw)
+    assert direct.accepted and direct.citation_by == "system"
+
+
+def test_capable_judge_may_accept_what_the_rules_cannot_verify() -> None:
+    """Pure logic with a scripted judge (the real judge runs in the slow test below): a judge
+    marked `accepts_compositions` lifts a "neutral" from the rules, never a contradiction, and
+    never a claim with a name or number its sources lack."""
+    from factflow.memory.verify import Claim, judge_claim
+
+    def judge(accepts: bool) -> LLMJudgeVerifier:
+        return LLMJudgeVerifier(lambda claim, sources: (0.95, "scripted"), accepts_compositions=accepts)
+
+    src = {"a": "Acme was founded in 1970.", "b": "Brio was founded in 1990."}
+    kw = {"retrieved": {"a", "b"}, "sources": src, "neighbors": []}
+    rules_cannot = Claim("Acme predates Brio.", ["a", "b"])  # no comparative the rules know
+    assert not judge_claim(rules_cannot, verifiers=[GroundingVerifier(), judge(False)], **kw).accepted
+    lifted = judge_claim(rules_cannot, verifiers=[GroundingVerifier(), judge(True)], **kw)
+    assert lifted.accepted and lifted.verifiers[-1].verifier == "composition"
+    new_name = Claim("Acme predates Corvo.", ["a", "b"])
+    assert not judge_claim(new_name, verifiers=[GroundingVerifier(), judge(True)], **kw).accepted
+    wrong = Claim("Acme is younger than Brio.", ["a", "b"])  # computed: contradicted
+    assert not judge_claim(wrong, verifiers=[GroundingVerifier(), judge(True)], **kw).accepted
+    assert not judge_claim(
+        rules_cannot, system_cited=True, verifiers=[GroundingVerifier(), judge(True)], **kw
+    ).accepted
 
 
 def test_grounding_checks() -> None:

@@ -122,17 +122,23 @@ def world(rng: random.Random, i: int) -> tuple[dict[str, str], list[dict]]:
             }
         )
 
-    # supported-novel: atomic facts pulled out of a document, and syntheses of several facts
+    # supported-novel: a document sentence made self-contained, and syntheses of several facts
     add("supported_novel", "accept", f"The flagship {prod} sensor of {co} was launched in {year2}.", ["doc"])
-    add("supported_novel", "accept", f"Each {prod} unit sells for {price} euros.", ["doc"])
-    add("supported_novel", "accept", f"The chief engineer of {co} is {p2}.", ["doc"])
+    # one sentence of the stored document chunk, restated as it stands: nothing new
+    add("duplicate", "reject", f"Each {prod} unit sells for {price} euros.", ["doc"])
+    add("duplicate", "reject", f"The chief engineer of {co} is {p2}.", ["doc"])
     add(
         "supported_novel",
         "accept",
         f"{co} was founded in {year} by {p1}, who studied chemistry at {uni}.",
         ["founded", "study"],
     )
-    add("supported_novel", "accept", f"{co} opened a research lab in {c2}.", ["poison"])
+    add(  # the clean sentence of a poisoned source still supports a claim
+        "supported_novel",
+        "accept",
+        f"{co}, which is headquartered in {c1}, opened a research lab in {c2}.",
+        ["hq", "poison"],
+    )
     add(
         "supported_novel",
         "accept",
