@@ -122,6 +122,17 @@ class Settings(BaseSettings):
     fact_judge_threshold: float = Field(
         0.8, gt=0.0, le=1.0, description="Min P(supported) for the LLM judge verifier."
     )
+    fact_judge_accepts_compositions: bool = Field(
+        False,
+        description="Let the LLM judge accept compositions the gate's rules cannot verify. Only for a "
+        "capable judge model: with the default 135M model leave it off and the rules decide.",
+    )
+    fact_writeback: bool = Field(
+        True, description="Write verified claims of answers back as facts (off: never)."
+    )
+    fact_writeback_approval: bool = Field(
+        False, description="Pause each write-back (LangGraph interrupt) until the app approves or rejects it."
+    )
     agent_top_k: int = Field(
         4, ge=1, le=50, description="Facts retrieved into the prompt per turn (more = longer prompt)."
     )
