@@ -405,11 +405,11 @@ def create_app(settings: Settings, *, hub: AgentHub | None = None) -> FastAPI:
                 404, f"the model {body.model!r} does not exist: use {AGENT_MODEL_ID!r}", "model_not_found"
             )
         question = _question(body, settings)
-        agent = await hub.run(lambda: hub.agent(x_factflow_namespace))
-        thread, _ = await hub.run(lambda: _thread(body, x_factflow_thread, agent))
-        lock = hub.lock(agent, thread)
-        headers = {"X-Factflow-Thread": thread}
         try:
+            agent = await hub.run(lambda: hub.agent(x_factflow_namespace))
+            thread, _ = await hub.run(lambda: _thread(body, x_factflow_thread, agent))
+            lock = hub.lock(agent, thread)
+            headers = {"X-Factflow-Thread": thread}
             if body.stream:  # the question is checked here, so a bad one is a 4xx, not an SSE error
                 events = await hub.run(lambda: agent.stream(question, thread))
                 return StreamingResponse(
@@ -427,7 +427,10 @@ def create_app(settings: Settings, *, hub: AgentHub | None = None) -> FastAPI:
     async def feedback(
         body: FeedbackRequest, x_factflow_namespace: str | None = Header(None)
     ) -> dict[str, Any]:
-        agent = await hub.run(lambda: hub.agent(x_factflow_namespace))
+        try:
+            agent = await hub.run(lambda: hub.agent(x_factflow_namespace))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error JSON
+            raise _translate(exc, backend) from None
         if not _THREAD_RE.match(body.thread_id):
             raise ApiError(400, f"invalid thread id {body.thread_id!r}", "invalid_thread")
         thread = body.thread_id
