@@ -30,48 +30,115 @@ def _chat(max_new_tokens: int | None) -> BaseChatModel:
     return load_chat_model(settings, **overrides)
 
 
+def _endpoint(endpoint: str | None, model_id: str | None) -> tuple[str | None, str, str]:
+    """(base_url, served model id, api key) of the OpenAI-compatible endpoint, if any: --endpoint,
+    else the configured one (engine vllm or openai)."""
+    from factflow.agent.cli import load_settings
+    from factflow.serving.engines import vllm_base_url
+    from factflow.serving.vllm_server import SERVED_MODEL_NAME
+
+    settings = load_settings()
+    key = settings.api_key.get_secret_value() if settings.api_key else "EMPTY"
+    if endpoint is None and settings.engine == "transformers":
+        return None, "", key
+    url = endpoint or vllm_base_url(settings)
+    if model_id:
+        return url, model_id, key
+    if endpoint is None and settings.engine == "vllm":
+        return url, SERVED_MODEL_NAME, key
+    if settings.served_model:
+        return url, settings.served_model, key
+    import openai
+
+    try:
+        return url, openai.OpenAI(base_url=url, api_key=key, max_retries=1).models.list().data[0].id, key
+    except (openai.APIError, IndexError) as exc:
+        from factflow.errors import UserError
+
+        raise UserError(f"no model listed at {url}/models ({exc}): pass --model-id") from exc
+
+
 @eval_app.command("bfcl")
 def bfcl(
     categories: str = typer.Option(
-        "quick", help="Comma-separated categories or groups (all, ast, live, relevance, multi_turn, quick)."
+        "quick",
+        help="Comma-separated BFCL categories or groups (all, non_live, live, ast, relevance, multi_turn, "
+        "memory, quick).",
     ),
-    out: Path = typer.Option(Path("bfcl-results"), help="Folder for bfcl_results.jsonl, report and plot."),
-    limit: int | None = typer.Option(None, help="Cases per category (default: all; --quick: 2)."),
-    quick: bool = typer.Option(
-        False, help="CI budget: quick categories, 2 cases each, short memory prereqs."
+    modes: str = typer.Option(
+        "constrained",
+        help="Comma-separated: fc (BFCL's FC mode, native tools= on an endpoint), prompt (BFCL's "
+        "system prompt and parser), constrained (ours: factflow's one-call JSON action).",
     ),
-    workers: int = typer.Option(
-        1, help="Parallel cases; use 8+ against a vLLM server (FACTFLOW_ENGINE=vllm)."
+    out: Path = typer.Option(Path("bfcl-results"), help="Folder: one subfolder per mode, and the report."),
+    limit: int | None = typer.Option(
+        None, help="Seeded random sample of N cases per category (default all)."
     ),
-    memory_backend: str = typer.Option("kv", help="Memory backend for the memory category: kv or rec_sum."),
-    max_new_tokens: int = typer.Option(160, help="Token cap per model step (tool-call JSON needs ~100)."),
+    seed: int = typer.Option(0, help="Seed of the --limit sample."),
+    quick: bool = typer.Option(False, help="CI budget: quick categories, 2 cases each."),
+    workers: int = typer.Option(1, help="Parallel cases; use 8+ against a server."),
+    endpoint: str | None = typer.Option(
+        None, help="OpenAI-compatible /v1 URL for fc and prompt (default: the configured engine's)."
+    ),
+    model_id: str | None = typer.Option(None, help="Model id at --endpoint (default: its first listed)."),
+    max_new_tokens: int = typer.Option(256, help="Token cap per model step (the same in every mode)."),
 ) -> None:
-    """BFCL v4 per category. Example: factflow eval bfcl --categories simple,parallel,memory --limit 20"""
-    from factflow.agent.cli import console
-    from factflow.errors import UserError
-    from factflow.evals.agentic_report import write_bfcl_report
-    from factflow.evals.bfcl_data import expand_categories
-    from factflow.evals.bfcl_runner import RunConfig, run_bfcl, summarize
+    """BFCL v4 scored by bfcl-eval's own checker.
 
-    if memory_backend not in ("kv", "rec_sum"):
-        raise UserError(f"--memory-backend {memory_backend!r} is not supported: use kv or rec_sum")
-    cats = expand_categories(_csv("quick" if quick and categories == "quick" else categories))
+    Example: factflow eval bfcl --modes prompt,constrained --categories ast --limit 50"""
+    import openai
+
+    from factflow.agent.cli import console, load_settings
+    from factflow.errors import UserError
+    from factflow.evals.agentic_report import summarize, write_bfcl_report
+    from factflow.evals.bfcl_data import QUICK_CATEGORIES, expand_categories
+    from factflow.evals.bfcl_handlers import make_handler
+    from factflow.evals.bfcl_official import MODES, bfcl_version
+    from factflow.evals.bfcl_runner import Manifest, git_commit, run_bfcl
+
+    mode_list = _csv(modes)
+    for mode in mode_list:
+        if mode not in MODES:
+            raise UserError(f"unknown BFCL mode {mode!r}: use {', '.join(MODES)}")
+    cats = expand_categories(list(QUICK_CATEGORIES) if quick and categories == "quick" else _csv(categories))
     if quick:
         limit = limit or 2
-    config = RunConfig(memory_prereq_turns=2 if quick else None, max_steps=2 if quick else 4)
-    chat = _chat(max_new_tokens)
+    settings = load_settings()
+    url, served, key = _endpoint(endpoint, model_id) if ("fc" in mode_list or endpoint) else (None, "", "")
+    if "fc" in mode_list and url is None:
+        raise UserError(
+            "fc mode needs an OpenAI-compatible endpoint that returns tool_calls: pass --endpoint "
+            "http://HOST:PORT/v1 (vLLM: --enable-auto-tool-choice --tool-call-parser ...)"
+        )
     start = time.perf_counter()
-    results = run_bfcl(
-        chat,
-        cats,
-        out,
-        limit=limit,
-        workers=workers,
-        config=config,  # type: ignore[arg-type]
-        memory_backend=f"MemoryAPI_{memory_backend}",
-    )
-    table = summarize(results)
-    report = write_bfcl_report(table, out)
+    by_mode = {}
+    for mode in mode_list:
+        on_endpoint = mode == "fc" or (mode == "prompt" and endpoint is not None)
+        chat = None if on_endpoint else _chat(max_new_tokens)
+        handler = make_handler(
+            mode, chat=chat, base_url=url if on_endpoint else None, api_key=key, served_model=served,
+            max_tokens=max_new_tokens,
+        )
+        manifest = Manifest(
+            mode=mode,
+            model=served if on_endpoint else settings.model,
+            engine="openai-endpoint" if on_endpoint else settings.engine,
+            endpoint=url if on_endpoint else (None if settings.engine == "transformers" else url),
+            decoding={"temperature": 0.0, "max_new_tokens": max_new_tokens},
+            commit=git_commit(),
+            bfcl_eval=bfcl_version(),
+            seed=seed,
+            limit=limit,
+        )
+        try:
+            rows = run_bfcl(handler, cats, out / mode, manifest, limit=limit, seed=seed, workers=workers)
+        except openai.APIConnectionError as exc:
+            where = url or "the factflow engine"
+            raise UserError(
+                f"{mode}: the model server at {where} stopped answering ({exc}); fix it and rerun to resume"
+            ) from exc
+        by_mode[mode] = summarize(rows)
+    report = write_bfcl_report(by_mode, out)
     console.print(report.read_text())
     console.print(f"report: {report} ({time.perf_counter() - start:.0f} s)")
 

@@ -6,26 +6,99 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from factflow.evals.adapt import AdaptRow, adapt_markdown
+from factflow.evals.bfcl_data import ALL_CATEGORIES
+from factflow.evals.bfcl_runner import CaseResult
+from factflow.evals.stats import fmt_rate, wilson_interval
 
-__all__ = ["write_bfcl_report", "write_adapt_report", "bfcl_markdown", "adapt_markdown"]
+__all__ = [
+    "MODE_LABELS",
+    "CategoryScore",
+    "summarize",
+    "write_bfcl_report",
+    "write_adapt_report",
+    "bfcl_markdown",
+    "adapt_markdown",
+]
+
+MODE_LABELS = {"fc": "fc (BFCL FC)", "prompt": "prompt (BFCL prompt)", "constrained": "constrained (ours)"}
 
 
-def bfcl_markdown(table: dict[str, dict[str, float]], title: str = "BFCL v4") -> str:
+@dataclass(frozen=True)
+class CategoryScore:
+    correct: int
+    n: int
+    seconds: float
+    tokens: int
+
+
+def summarize(rows: Sequence[CaseResult]) -> dict[str, CategoryScore]:
+    """Per-category correct / n / seconds / tokens, in BFCL's category order (prereqs left out)."""
+    out: dict[str, CategoryScore] = {}
+    for r in rows:
+        if not r.scored:
+            continue
+        old = out.get(r.category, CategoryScore(0, 0, 0.0, 0))
+        out[r.category] = CategoryScore(
+            old.correct + int(r.valid), old.n + 1, old.seconds + r.seconds, old.tokens + r.tokens
+        )
+    return dict(sorted(out.items(), key=lambda kv: _order(kv[0])))
+
+
+def _order(category: str) -> int:
+    return ALL_CATEGORIES.index(category) if category in ALL_CATEGORIES else len(ALL_CATEGORIES)
+
+
+def bfcl_markdown(by_mode: Mapping[str, Mapping[str, CategoryScore]], title: str = "BFCL v4") -> str:
+    """One column per mode: accuracy [95% Wilson] n per category, pooled mean, BFCL's sections."""
+    from factflow.evals.bfcl_leaderboard import WEIGHTS, leaderboard
+
+    labels = [MODE_LABELS.get(m, m) for m in by_mode]
+    row_sep = "|---|" + "---:|" * len(labels)
     lines = [
         f"# {title}",
         "",
-        "| category | n | accuracy | seconds | tokens |",
-        "|---|---:|---:|---:|---:|",
+        "Accuracy [95% Wilson interval] n=cases, each case scored by bfcl-eval's own checker.",
+        "",
+        "| category | " + " | ".join(labels) + " |",
+        row_sep,
     ]
-    for name, row in table.items():
+    categories = sorted({c for t in by_mode.values() for c in t}, key=_order)
+    for cat in categories:
+        cells = [fmt_rate(t[cat].correct, t[cat].n) if cat in t else "not run" for t in by_mode.values()]
+        lines.append(f"| {cat} | " + " | ".join(cells) + " |")
+    pooled = [
+        fmt_rate(sum(s.correct for s in t.values()), sum(s.n for s in t.values())) for t in by_mode.values()
+    ]
+    lines.append("| pooled mean (every case run) | " + " | ".join(pooled) + " |")
+    boards = [leaderboard({c: (s.correct, s.n) for c, s in t.items()}) for t in by_mode.values()]
+    lines += [
+        "",
+        "BFCL's overall formula (weights in %; a category not run counts as 0 and is listed as missing):",
+        "",
+        "| section | weight | " + " | ".join(labels) + " | missing |",
+        "|---|---:|" + "---:|" * len(labels) + "---|",
+    ]
+    for i, section in enumerate(boards[0]):
+        cells = [f"{b[i].accuracy:.3f}" for b in boards]
+        missing = sorted({c for b in boards for c in b[i].missing}, key=_order)
+        weight = WEIGHTS.get(section.name, 100)
         lines.append(
-            f"| {name} | {int(row['n'])} | {row['accuracy']:.3f} | {row['seconds']:.1f} "
-            f"| {int(row['tokens'])} |"
+            f"| {section.name} | {weight} | " + " | ".join(cells) + f" | {', '.join(missing) or '-'} |"
         )
+    lines += ["", "| cost | " + " | ".join(labels) + " |", row_sep]
+    lines.append(
+        "| seconds | "
+        + " | ".join(f"{sum(s.seconds for s in t.values()):.0f}" for t in by_mode.values())
+        + " |"
+    )
+    lines.append(
+        "| tokens | " + " | ".join(str(sum(s.tokens for s in t.values())) for t in by_mode.values()) + " |"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -48,13 +121,40 @@ def _bar_png(path: Path, labels: list[str], values: list[float], title: str) -> 
     plt.close(fig)
 
 
-def write_bfcl_report(table: dict[str, dict[str, float]], out_dir: Path, title: str = "BFCL v4") -> Path:
-    """Markdown + PNG of per-category accuracy; returns the Markdown path."""
+def write_bfcl_report(
+    by_mode: Mapping[str, Mapping[str, CategoryScore]], out_dir: Path, title: str = "BFCL v4"
+) -> Path:
+    """Markdown + PNG (accuracy per category, one bar per mode, 95% interval whiskers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "bfcl_report.md"
-    md.write_text(bfcl_markdown(table, title), encoding="utf-8")
-    names = list(table)
-    _bar_png(out_dir / "bfcl_accuracy.png", names, [table[n]["accuracy"] for n in names], title)
+    md.write_text(bfcl_markdown(by_mode, title), encoding="utf-8")
+    categories = sorted({c for t in by_mode.values() for c in t}, key=_order)
+    width = 0.8 / max(1, len(by_mode))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(categories) + 2), 3.6))
+    for k, (mode, table) in enumerate(by_mode.items()):
+        xs, ys, lo, hi = [], [], [], []
+        for i, cat in enumerate(categories):
+            if cat in table:
+                s = table[cat]
+                low, high = wilson_interval(s.correct, s.n)
+                xs.append(i + k * width)
+                ys.append(s.correct / s.n)
+                lo.append(s.correct / s.n - low)
+                hi.append(high - s.correct / s.n)
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=MODE_LABELS.get(mode, mode))
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(categories))], categories, rotation=35, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "bfcl_accuracy.png", dpi=110)
+    plt.close(fig)
     return md
 
 

@@ -1,203 +1,193 @@
-"""BFCL v4 data, read by path from the `bfcl-eval` wheel (installed with `--no-deps`).
+"""BFCL v4 test cases, loaded by BFCL's own loader (`bfcl_eval.utils.load_dataset_entry`).
 
-The wheel's `__init__` and most of its modules import provider SDKs we don't install, so we only
-locate the package folder (`importlib.util.find_spec`) and read its JSON-lines files. Categories:
+Categories are BFCL's names. Every category the wheel ships is listed; `web_search_*` needs live
+internet search (SerpAPI) and `memory_vector` needs faiss plus a hub embedding model, so those two
+are refused with a message saying why (they show as missing in the leaderboard formula).
 
-- single turn (AST-scored): simple (= simple_python), multiple, parallel, parallel_multiple,
-  live_simple, live_multiple, live_parallel, live_parallel_multiple;
-- relevance: irrelevance, live_irrelevance (no call is right), live_relevance (any call is right);
-- multi_turn_base / _miss_func / _miss_param / _long_context: state + response checks against
-  BFCL's own offline simulated APIs (file system, trading bot, ...);
-- memory: questions answered after a prerequisite conversation, through a memory backend
-  (key-value or recursive summary; the vector backend needs faiss).
+Memory: BFCL runs each scenario's prerequisite conversations first (ids `..._prereq_...`); each
+writes a snapshot of the memory backend, and every question then starts a fresh backend instance
+from that scenario's final snapshot. `memory_prereqs` returns those conversations in order.
 
-simple_java / simple_javascript are not loaded: their checker needs tree-sitter type converters.
+`--limit N` is a seeded random sample of N cases per category (stratified by category), kept in
+BFCL's order, so two runs with the same seed score the same cases.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
+import random
+from collections.abc import Sequence
+from copy import deepcopy
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from factflow.errors import UserError
+from factflow.evals.bfcl_official import bfcl
 
 __all__ = [
-    "AST_CATEGORIES",
-    "RELEVANCE_CATEGORIES",
-    "MULTI_TURN_CATEGORIES",
+    "NON_LIVE",
+    "LIVE",
+    "MULTI_TURN",
+    "MEMORY",
+    "WEB_SEARCH",
     "ALL_CATEGORIES",
+    "RUNNABLE_CATEGORIES",
     "QUICK_CATEGORIES",
+    "UNAVAILABLE",
     "BfclEntry",
-    "bfcl_data_dir",
-    "load_category",
-    "load_memory_prereqs",
-    "multi_turn_functions",
     "expand_categories",
+    "category_size",
+    "load_category",
+    "memory_prereqs",
 ]
 
-AST_CATEGORIES = (
-    "simple",
+NON_LIVE = (
+    "simple_python",
+    "simple_java",
+    "simple_javascript",
     "multiple",
     "parallel",
     "parallel_multiple",
+    "irrelevance",
+)
+LIVE = (
     "live_simple",
     "live_multiple",
     "live_parallel",
     "live_parallel_multiple",
+    "live_irrelevance",
+    "live_relevance",
 )
-RELEVANCE_CATEGORIES = ("irrelevance", "live_irrelevance", "live_relevance")
-MULTI_TURN_CATEGORIES = (
-    "multi_turn_base",
-    "multi_turn_miss_func",
-    "multi_turn_miss_param",
-    "multi_turn_long_context",
-)
-ALL_CATEGORIES = (*AST_CATEGORIES, *RELEVANCE_CATEGORIES, *MULTI_TURN_CATEGORIES, "memory")
-# One of each kind of scoring: AST, relevance, multi-turn state, memory.
-QUICK_CATEGORIES = ("simple", "multiple", "parallel", "irrelevance", "multi_turn_base", "memory")
-_GROUPS = {
-    "all": ALL_CATEGORIES,
-    "ast": AST_CATEGORIES,
-    "live": tuple(c for c in ALL_CATEGORIES if c.startswith("live_")),
-    "multi_turn": MULTI_TURN_CATEGORIES,
-    "relevance": RELEVANCE_CATEGORIES,
+MULTI_TURN = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
+MEMORY = ("memory_kv", "memory_vector", "memory_rec_sum")
+WEB_SEARCH = ("web_search_base", "web_search_no_snippet")
+ALL_CATEGORIES = (*NON_LIVE, *LIVE, *MULTI_TURN, *WEB_SEARCH, *MEMORY)
+UNAVAILABLE = {
+    "web_search_base": "needs live web search (SerpAPI key and internet)",
+    "web_search_no_snippet": "needs live web search (SerpAPI key and internet)",
+    "memory_vector": "needs faiss and the all-MiniLM-L6-v2 model from the Hugging Face hub",
+}
+RUNNABLE_CATEGORIES = tuple(c for c in ALL_CATEGORIES if c not in UNAVAILABLE)
+# One of each kind of scoring: AST (python, java), relevance, multi-turn state, memory answers.
+QUICK_CATEGORIES = ("simple_python", "simple_java", "parallel", "irrelevance", "multi_turn_base", "memory_kv")
+_ALIASES = {"simple": "simple_python"}
+_GROUPS: dict[str, tuple[str, ...]] = {
+    "all": RUNNABLE_CATEGORIES,
+    "non_live": NON_LIVE,
+    "live": LIVE,
+    "ast": tuple(c for c in (*NON_LIVE, *LIVE) if "relevance" not in c),
+    "relevance": ("irrelevance", "live_irrelevance", "live_relevance"),
+    "multi_turn": MULTI_TURN,
+    "memory": tuple(c for c in MEMORY if c not in UNAVAILABLE),
     "quick": QUICK_CATEGORIES,
 }
-_FILE_NAMES = {"simple": "simple_python"}
 
 
 class BfclEntry(BaseModel):
-    """One test case: its turns of messages, the functions offered, and the expected answer."""
+    """One test case as BFCL's loader builds it, plus its ground truth.
+
+    `entry` is what BFCL's inference gets (function docs with BFCL's language hints); `prompt` is
+    the same case as BFCL's scorer loads it (no hints).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     id: str
     category: str
-    question: list[list[dict[str, Any]]] = Field(description="Turns; each a list of chat messages.")
-    functions: list[dict[str, Any]] = Field(default_factory=list, description="BFCL JSON function docs.")
-    ground_truth: Any = Field(
-        default=None, description="Possible answers (AST), call strings (multi-turn) or strings."
-    )
-    initial_config: dict[str, Any] = Field(default_factory=dict)
-    involved_classes: list[str] = Field(default_factory=list)
-    missed_functions: dict[str, list[str]] = Field(
-        default_factory=dict, description="multi_turn_miss_func: turn index -> functions added then."
-    )
-    scenario: str = ""
+    entry: dict[str, Any]
+    prompt: dict[str, Any] = Field(default_factory=dict)
+    ground_truth: Any = Field(default=None, description="Possible answers; None for relevance and prereqs.")
+
+    @property
+    def question(self) -> list[list[dict[str, Any]]]:
+        return list(self.entry["question"])
+
+    @property
+    def functions(self) -> list[dict[str, Any]]:
+        return list(self.entry.get("function", []))
+
+    @property
+    def scenario(self) -> str:
+        return str(self.entry.get("scenario", ""))
 
 
-@lru_cache(maxsize=1)
-def bfcl_data_dir() -> Path:
-    """The `data/` folder inside the installed bfcl-eval wheel."""
-    spec = importlib.util.find_spec("bfcl_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "the bfcl-eval data is not installed: run `pip install --no-deps bfcl-eval==2026.3.23`"
-        )
-    for location in spec.submodule_search_locations:
-        data = Path(location) / "data"
-        if data.is_dir():
-            return data
-    raise UserError(
-        "bfcl-eval is installed without its data folder: reinstall it with `pip install --no-deps`"
-    )
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def expand_categories(names: list[str] | tuple[str, ...]) -> list[str]:
-    """Expand group names ('all', 'live', 'ast', 'multi_turn', 'quick') and validate the rest."""
+def expand_categories(names: Sequence[str]) -> list[str]:
+    """Expand groups (all, non_live, live, ast, relevance, multi_turn, memory, quick), check names."""
     out: list[str] = []
-    for name in names:
+    for raw in names:
+        name = _ALIASES.get(raw, raw)
         for cat in _GROUPS.get(name, (name,)):
+            if cat in UNAVAILABLE:
+                raise UserError(f"BFCL category {cat!r} can't run here: it {UNAVAILABLE[cat]}")
             if cat not in ALL_CATEGORIES:
                 raise UserError(
-                    f"unknown BFCL category {cat!r}: use one of {', '.join(ALL_CATEGORIES)} or a group "
-                    f"({', '.join(_GROUPS)})"
+                    f"unknown BFCL category {cat!r}: use one of {', '.join(RUNNABLE_CATEGORIES)} "
+                    f"or a group ({', '.join(_GROUPS)})"
                 )
             if cat not in out:
                 out.append(cat)
     return out
 
 
-@lru_cache(maxsize=16)
-def _func_doc(class_name: str) -> tuple[dict[str, Any], ...]:
-    from_file = {
-        "GorillaFileSystem": "gorilla_file_system",
-        "MathAPI": "math_api",
-        "MessageAPI": "message_api",
-        "TwitterAPI": "posting_api",
-        "TicketAPI": "ticket_api",
-        "TradingBot": "trading_bot",
-        "TravelAPI": "travel_booking",
-        "VehicleControlAPI": "vehicle_control",
-        "WebSearchAPI": "web_search",
-        "MemoryAPI_kv": "memory_kv",
-        "MemoryAPI_vector": "memory_vector",
-        "MemoryAPI_rec_sum": "memory_rec_sum",
-    }[class_name]
-    return tuple(_read_jsonl(bfcl_data_dir() / "multi_turn_func_doc" / f"{from_file}.json"))
+@lru_cache(maxsize=64)
+def _dataset(category: str, hints: bool) -> tuple[dict[str, Any], ...]:
+    utils = bfcl().utils
+    return tuple(
+        utils.load_dataset_entry(category, include_prereq=True, include_language_specific_hint=hints)
+    )
 
 
-def multi_turn_functions(
-    classes: list[str], excluded: list[str] | tuple[str, ...] = ()
-) -> list[dict[str, Any]]:
-    """Function docs of the simulated API classes, minus the excluded names."""
-    return [f for c in classes for f in _func_doc(c) if f["name"] not in set(excluded)]
+@lru_cache(maxsize=64)
+def _answers(category: str) -> tuple[dict[str, Any], ...]:
+    if "relevance" in category:
+        return ()
+    return tuple(bfcl().utils.load_ground_truth_entry(category))
 
 
-def load_category(category: str, *, limit: int | None = None) -> list[BfclEntry]:
-    """Entries of one category, each with its ground truth (None for relevance categories)."""
+def _is_prereq(entry: dict[str, Any]) -> bool:
+    return "prereq" in entry["id"]
+
+
+def category_size(category: str) -> int:
+    """Scored cases in the full category (BFCL weighs the live section by these counts)."""
+    return sum(not _is_prereq(e) for e in _dataset(category, False))
+
+
+def load_category(category: str, *, limit: int | None = None, seed: int = 0) -> list[BfclEntry]:
+    """The scored cases of a category; with `limit`, a seeded random sample of that many."""
+    category = _ALIASES.get(category, category)
     if category not in ALL_CATEGORIES:
-        raise UserError(f"unknown BFCL category {category!r}: use one of {', '.join(ALL_CATEGORIES)}")
-    data = bfcl_data_dir()
-    stem = f"BFCL_v4_{_FILE_NAMES.get(category, category)}.json"
-    rows = _read_jsonl(data / stem)
-    if limit is not None:
-        rows = rows[:limit]
-    answers: dict[str, Any] = {}
-    answer_file = data / "possible_answer" / stem
-    if answer_file.exists():
-        answers = {a["id"]: a["ground_truth"] for a in _read_jsonl(answer_file)}
-    entries = []
-    for row in rows:
-        classes = list(row.get("involved_classes", []))
-        functions = row.get("function") or []
-        missed: dict[str, list[str]] = {}
-        if category.startswith("multi_turn"):
-            # miss_func: these functions are withheld until the turn that needs them.
-            missed = {str(k): list(v) for k, v in (row.get("missed_function") or {}).items()}
-            hidden = [n for names in missed.values() for n in names] + list(row.get("excluded_function", []))
-            functions = multi_turn_functions(classes, hidden)
-        elif category == "memory":
-            classes = ["MemoryAPI_kv"]  # backend chosen by the runner; kv by default
-        entries.append(
-            BfclEntry(
-                id=row["id"],
-                category=category,
-                question=row["question"],
-                functions=functions,
-                ground_truth=answers.get(row["id"]),
-                initial_config=row.get("initial_config") or {},
-                involved_classes=classes,
-                missed_functions=missed,
-                scenario=row.get("scenario", ""),
-            )
+        raise UserError(f"unknown BFCL category {category!r}: use one of {', '.join(RUNNABLE_CATEGORIES)}")
+    if category in UNAVAILABLE:
+        raise UserError(f"BFCL category {category!r} can't run here: it {UNAVAILABLE[category]}")
+    with_hints = [e for e in _dataset(category, True) if not _is_prereq(e)]
+    plain = {e["id"]: e for e in _dataset(category, False) if not _is_prereq(e)}
+    answers = _answers(category)
+    if answers and len(answers) != len(with_hints):
+        raise UserError(f"bfcl-eval data for {category} is inconsistent: reinstall bfcl-eval==2026.3.23")
+    # BFCL aligns prompts and answers by position (some answer ids differ in form)
+    truth = [a["ground_truth"] for a in answers] if answers else [None] * len(with_hints)
+    picked = list(range(len(with_hints)))
+    if limit is not None and limit < len(with_hints):
+        rng = random.Random(f"{seed}:{category}")
+        picked = sorted(rng.sample(range(len(with_hints)), limit))
+    return [
+        BfclEntry(
+            id=with_hints[i]["id"],
+            category=category,
+            entry=deepcopy(with_hints[i]),
+            prompt=deepcopy(plain[with_hints[i]["id"]]),
+            ground_truth=truth[i],
         )
-    return entries
+        for i in picked
+    ]
 
 
-def load_memory_prereqs(scenario: str) -> list[list[list[dict[str, Any]]]]:
-    """The prerequisite conversations of a memory scenario, in order (each a list of turns)."""
-    path = bfcl_data_dir() / "memory_prereq_conversation" / f"memory_{scenario}.json"
-    if not path.exists():
-        raise UserError(f"no BFCL memory scenario {scenario!r}: check the bfcl-eval version")
-    return [row["question"] for row in _read_jsonl(path)]
+def memory_prereqs(category: str, scenario: str) -> list[BfclEntry]:
+    """The prerequisite conversations of one memory scenario, in the order BFCL chains them."""
+    rows = [e for e in _dataset(category, True) if _is_prereq(e) and e.get("scenario") == scenario]
+    if not rows:
+        raise UserError(f"no BFCL memory scenario {scenario!r} in {category}: check the bfcl-eval version")
+    rows.sort(key=lambda e: len(e.get("depends_on", [])))
+    return [BfclEntry(id=e["id"], category=f"{category}_prereq", entry=deepcopy(e)) for e in rows]

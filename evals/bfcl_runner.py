@@ -1,483 +1,432 @@
-"""Run BFCL v4 on a factflow chat model: the benchmark's functions become LangChain tools.
+"""Run BFCL v4 in one mode (fc, prompt or constrained) and score each case with BFCL's checker.
 
-Each case is driven through `chat_model.bind_tools(tools)`; tool calls are collected and scored
-by `evals.bfcl_checker`. The factflow tool format is one call per model step (a constrained JSON
-action), so a BFCL "response" is the sequence of calls until the model gives a final answer:
+Each case goes through BFCL's own inference loop (`handler.inference`, see `bfcl_handlers`) and
+is scored at once by the same per-entry functions BFCL's `evaluate_task` uses
+(`_evaluate_single_ast_entry`, `..._relevance_...`, `..._multi_turn_...`, `..._agentic_...`).
 
-- simple / multiple / relevance categories: one step (BFCL expects one call or none);
-- parallel categories: up to `max_parallel_calls` steps; an exact repeat of a call ends the run;
-- multi_turn_*: each user turn gets up to `max_steps` steps; calls execute on BFCL's offline
-  simulated APIs and their results go back to the model; the checker compares end states;
-- memory: each scenario's prerequisite conversations run first with the memory backend's tools
-  (key-value by default), memory persisting across sessions; then each question is asked in a
-  fresh session and the final answer is checked against the expected strings.
+OUT holds:
+- `manifest.json`: model, engine, endpoint, mode, decoding, factflow commit, bfcl-eval version,
+  seed, limit. A rerun into OUT resumes only when its manifest matches; otherwise it is refused.
+- `bfcl_results.jsonl`: one scored case per line, appended as each finishes (resumable).
+- `result/<registry>/<group>/BFCL_v4_<category>_result.json`: the raw model outputs in BFCL's
+  layout (`bfcl evaluate --partial-eval` can re-score them), rewritten at the end of a run; memory
+  snapshots live beside them, as in BFCL.
+- `score/<registry>/...`: BFCL's own score files, written by its `evaluate_task` at the end.
 
-Results are appended to `OUT/bfcl_results.jsonl` as each case finishes, so a rerun skips the
-cases already there (resumable). Cases run on a thread pool (`workers`): use several against a
-vLLM server, one for the in-process transformers engine.
+A case that fails because the model's output can't be parsed or validated, or because the
+endpoint rejects the request (e.g. context too long), is recorded as BFCL records it ("Error
+during inference: ...") and scores as wrong. Anything else (a dead server, a bug) stops the run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
-from factflow.evals.bfcl_checker import (
-    CheckResult,
-    ast_check,
-    memory_check,
-    multi_turn_check,
-    relevance_check,
-    tool_name,
-)
-from factflow.evals.bfcl_data import (
-    AST_CATEGORIES,
-    BfclEntry,
-    load_category,
-    load_memory_prereqs,
-    multi_turn_functions,
-)
+from factflow.errors import UserError
+from factflow.evals.bfcl_data import BfclEntry, load_category, memory_prereqs
+from factflow.evals.bfcl_handlers import make_handler
+from factflow.evals.bfcl_official import bfcl
 
 __all__ = [
     "RunConfig",
     "CaseResult",
-    "to_openai_tool",
-    "call_string",
+    "Manifest",
+    "parse_errors",
     "run_case",
     "run_bfcl",
-    "summarize",
-    "SYSTEM_PROMPT",
+    "score_case",
+    "write_bfcl_layout",
+    "git_commit",
 ]
-
-SYSTEM_PROMPT = (
-    "You are an expert in composing functions. You are given a question and a set of possible "
-    "functions. Based on the question, make the function call(s) that achieve the purpose, with "
-    "argument values taken from the question. If none of the functions can be used, or the question "
-    "lacks the parameters a function requires, do not call a function: give a final answer instead."
-)
-_MEMORY_PROMPT = (
-    "You are a helpful assistant with a long-term memory across sessions. Use the memory tools to "
-    "save important facts about the user, and to look them up when asked. Core memory now:\n{core}"
-)
-_JSON_TYPES = {
-    "dict": "object",
-    "object": "object",
-    "float": "number",
-    "double": "number",
-    "number": "number",
-    "integer": "integer",
-    "long": "integer",
-    "int": "integer",
-    "string": "string",
-    "char": "string",
-    "boolean": "boolean",
-    "array": "array",
-    "tuple": "array",
-    "list": "array",
-}
 
 
 class RunConfig(BaseModel):
-    """Knobs of one BFCL run."""
+    """Knobs of one case run (ACE adds its playbook to the system prompt)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_parallel_calls: int = Field(default=6, ge=1, description="Steps allowed in parallel categories.")
-    max_steps: int = Field(default=4, ge=1, description="Steps per user turn in multi-turn and memory.")
-    memory_prereq_turns: int | None = Field(
-        default=None, ge=1, description="Cap on prerequisite turns per memory scenario (None = all)."
-    )
-    system_prompt: str = SYSTEM_PROMPT
-    playbook_text: str = Field(default="", description="Rendered playbook added to the system prompt (ACE).")
+    mode: str = "constrained"
+    playbook_text: str = Field(default="", description="Rendered playbook put first as a system message.")
 
 
 class CaseResult(BaseModel):
-    """One scored test case, one line of the results JSONL."""
+    """One case, one line of bfcl_results.jsonl. Memory prerequisites are run, not scored."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str
     category: str
+    mode: str
     valid: bool
+    scored: bool = True
     error: str = ""
     error_type: str = ""
-    calls: list[Any] = Field(
-        default_factory=list, description="Calls the model made (per turn for multi-turn)."
-    )
-    answer: str = ""
+    result: Any = Field(default=None, description="The raw model output, as BFCL stores it.")
+    input_tokens: int = 0
+    output_tokens: int = 0
     seconds: float = 0.0
-    tokens: int = Field(default=0, description="Prompt + completion tokens reported by the engine.")
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def calls(self) -> list[Any]:
+        """The single-turn calls made, `[{name: args}]` (empty for text answers)."""
+        if not isinstance(self.result, list):
+            return []
+        out = []
+        for item in self.result:
+            if isinstance(item, dict):
+                out.append({k: json.loads(v) if isinstance(v, str) else v for k, v in item.items()})
+        return out
+
+    @property
+    def answer(self) -> str:
+        return self.result if isinstance(self.result, str) else ""
 
 
-def _schema(spec: Any) -> dict[str, Any]:
-    """BFCL parameter doc -> JSON schema (BFCL says dict/float/tuple/any; JSON says object/number/array)."""
-    if not isinstance(spec, dict):
-        return {}
-    out: dict[str, Any] = {}
-    json_type = _JSON_TYPES.get(str(spec.get("type", "")).lower())
-    if json_type:
-        out["type"] = json_type
-    if spec.get("description"):
-        out["description"] = str(spec["description"])
-    if isinstance(spec.get("enum"), list) and spec["enum"]:
-        out["enum"] = spec["enum"]
-    if json_type == "object" and isinstance(spec.get("properties"), dict):
-        out["properties"] = {k: _schema(v) for k, v in spec["properties"].items()}
-        required = [r for r in spec.get("required", []) if r in out["properties"]]
-        if required:
-            out["required"] = required
-    if json_type == "array" and isinstance(spec.get("items"), dict):
-        out["items"] = _schema(spec["items"])
-    return out
+class Manifest(BaseModel):
+    """What a result folder was produced with; a resume must match it exactly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str
+    model: str
+    engine: str
+    endpoint: str | None
+    decoding: dict[str, Any]
+    commit: str
+    bfcl_eval: str
+    seed: int
+    limit: int | None
 
 
-def to_openai_tool(doc: dict[str, Any]) -> dict[str, Any]:
-    """A BFCL function doc as an OpenAI tool dict, which LangChain's `bind_tools` accepts."""
-    params = _schema({**doc.get("parameters", {}), "type": "dict"})
-    params.setdefault("properties", {})
-    return {
-        "type": "function",
-        "function": {
-            "name": tool_name(doc["name"]),
-            "description": str(doc.get("description", ""))[:1024],
-            "parameters": params,
-        },
-    }
+def git_commit() -> str:
+    """The factflow commit (with '+dirty' when the tree has edits), or 'unknown' outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
 
 
-def call_string(name: str, args: dict[str, Any]) -> str:
-    """A call as BFCL's multi-turn checker replays it: `name(k=repr(v), ...)`."""
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+def parse_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean 'this case's output or request was bad', recorded as a wrong case.
 
+    BFCL records any inference exception; we keep only these so a dead server or a bug stops
+    the run instead of filling the table with zeros.
+    """
+    import openai
 
-def _tokens(message: BaseMessage) -> int:
-    usage = getattr(message, "usage_metadata", None) or {}
-    return int(usage.get("total_tokens", 0) or 0)
-
-
-def _messages(turn: list[dict[str, Any]]) -> list[BaseMessage]:
-    out: list[BaseMessage] = []
-    for m in turn:
-        if m.get("role") == "system":
-            out.append(SystemMessage(content=str(m.get("content", ""))))
-        elif m.get("role") == "assistant":
-            out.append(AIMessage(content=str(m.get("content", ""))))
-        else:
-            out.append(HumanMessage(content=str(m.get("content", ""))))
-    return out
-
-
-def _system(config: RunConfig, base: str) -> SystemMessage:
-    text = base
-    if config.playbook_text.strip():
-        text += "\n\nPlaybook (strategies learned so far):\n" + config.playbook_text.strip()
-    return SystemMessage(content=text)
-
-
-class _Counter:
-    def __init__(self) -> None:
-        self.tokens = 0
-
-    def step(self, bound: Any, messages: list[BaseMessage]) -> AIMessage:
-        ai = bound.invoke(messages)
-        self.tokens += _tokens(ai)
-        return ai
-
-
-def _run_single(chat: BaseChatModel, entry: BfclEntry, config: RunConfig) -> CaseResult:
-    names = {tool_name(f["name"]): f["name"] for f in entry.functions}
-    bound = chat.bind_tools([to_openai_tool(f) for f in entry.functions])
-    messages: list[BaseMessage] = [_system(config, config.system_prompt), *_messages(entry.question[0])]
-    parallel = "parallel" in entry.category
-    steps = config.max_parallel_calls if parallel else 1
-    calls: list[dict[str, Any]] = []
-    answer = ""
-    counter = _Counter()
-    for _ in range(steps):
-        ai = counter.step(bound, messages)
-        if not ai.tool_calls:
-            answer = str(ai.content)
-            break
-        call = ai.tool_calls[0]
-        record = {names.get(call["name"], call["name"]): dict(call["args"])}
-        if record in calls:  # an exact repeat means the model has nothing new to call
-            break
-        calls.append(record)
-        messages += [
-            ai,
-            ToolMessage(
-                content="Call recorded. Call the next function the question needs, "
-                "or give the final answer if none is left.",
-                tool_call_id=call["id"],
-                name=call["name"],
-            ),
-        ]
-    if entry.category in AST_CATEGORIES:
-        verdict = ast_check(entry.category, entry.functions, calls, entry.ground_truth or [])
-    else:
-        verdict = relevance_check(entry.category, calls)
-    return _result(entry, verdict, calls, answer, counter.tokens)
-
-
-def _result(entry: BfclEntry, verdict: CheckResult, calls: list[Any], answer: str, tokens: int) -> CaseResult:
-    return CaseResult(
-        id=entry.id,
-        category=entry.category,
-        valid=verdict.valid,
-        error=verdict.error,
-        error_type=verdict.error_type,
-        calls=calls,
-        answer=answer,
-        tokens=tokens,
+    return (
+        OutputParserException,
+        ValidationError,
+        json.JSONDecodeError,
+        openai.BadRequestError,
+        openai.UnprocessableEntityError,
     )
 
 
-def _run_multi_turn(chat: BaseChatModel, entry: BfclEntry, config: RunConfig) -> CaseResult:
-    from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
+def _language(category: str) -> tuple[Any, Any]:
+    from bfcl_eval.constants.enums import Language, ReturnFormat
 
-    run_name = f"factflow_{uuid.uuid4().hex[:10]}"
-    functions = list(entry.functions)
-    messages: list[BaseMessage] = [_system(config, config.system_prompt)]
-    turn_calls: list[list[list[str]]] = []
-    counter = _Counter()
-    answer = ""
-    long_context = "long_context" in entry.category
-    try:
-        for index, turn in enumerate(entry.question):
-            if str(index) in entry.missed_functions:
-                functions += [
-                    f
-                    for f in multi_turn_functions(entry.involved_classes)
-                    if f["name"] in entry.missed_functions[str(index)]
-                ]
-            bound = chat.bind_tools([to_openai_tool(f) for f in functions])
-            messages += _messages(turn)
-            steps: list[list[str]] = []
-            for _ in range(config.max_steps):
-                ai = counter.step(bound, messages)
-                if not ai.tool_calls:
-                    answer = str(ai.content)
-                    messages.append(AIMessage(content=answer))
-                    break
-                call = ai.tool_calls[0]
-                text = call_string(call["name"], dict(call["args"]))
-                results, _ = multi_turn_utils.execute_multi_turn_func_call(
-                    [text],
-                    entry.initial_config,
-                    entry.involved_classes,
-                    run_name,
-                    entry.id,
-                    long_context=long_context,
-                )
-                steps.append([text])
-                messages += [
-                    ai,
-                    ToolMessage(content=str(results[0])[:2000], tool_call_id=call["id"], name=call["name"]),
-                ]
-            turn_calls.append(steps)
-        verdict = multi_turn_check(turn_calls, entry.ground_truth or [], entry.model_dump(), run_name)
-    finally:
-        # BFCL keeps simulated API instances in module globals keyed by run name: drop ours.
-        for store in (vars(multi_turn_utils),):
-            for key in [k for k in store if k.startswith(run_name)]:
-                del store[key]
-    return _result(entry, verdict, turn_calls, answer, counter.tokens)
+    if category == "simple_java":
+        return Language.JAVA, ReturnFormat.JAVA
+    if category == "simple_javascript":
+        return Language.JAVASCRIPT, ReturnFormat.JAVASCRIPT
+    return Language.PYTHON, ReturnFormat.PYTHON
 
 
-class _MemoryScenario:
-    """One memory backend instance per scenario, filled by its prerequisite conversations once."""
-
-    def __init__(self, scenario: str, backend: str) -> None:
-        self.scenario = scenario
-        self.backend = backend
-        self.lock = threading.Lock()
-        self.instance: Any = None
-        self.tokens = 0
-        self.seconds = 0.0
-
-    def _new_instance(self) -> Any:
-        import importlib
-
-        # MemoryAPI_kv lives in func_source_code/memory_kv.py (likewise rec_sum, vector)
-        stem = self.backend.lower().replace("memoryapi", "memory")
-        module = importlib.import_module(f"bfcl_eval.eval_checker.multi_turn_eval.func_source_code.{stem}")
-        return getattr(module, self.backend)()
-
-    def functions(self) -> list[dict[str, Any]]:
-        return multi_turn_functions([self.backend])
-
-    def execute(self, name: str, args: dict[str, Any]) -> str:
-        method = getattr(self.instance, name, None)
-        if name.startswith("_") or method is None:
-            return f"Error: no function {name!r}"
-        try:
-            return json.dumps(method(**args), default=str)[:2000]
-        except Exception as exc:  # errors are observations for the model, not crashes
-            return f"Error during execution: {exc}"
-
-    def converse(self, chat: BaseChatModel, turns: list[list[dict[str, Any]]], config: RunConfig) -> str:
-        """One session: each user turn may use memory tools, then the model answers."""
-        core = self.instance._dump_core_memory_to_context()
-        messages: list[BaseMessage] = [_system(config, _MEMORY_PROMPT.format(core=core))]
-        bound = chat.bind_tools([to_openai_tool(f) for f in self.functions()])
-        answer = ""
-        for turn in turns:
-            messages += _messages(turn)
-            for _ in range(config.max_steps):
-                ai = bound.invoke(messages)
-                self.tokens += _tokens(ai)
-                if not ai.tool_calls:
-                    answer = str(ai.content)
-                    messages.append(AIMessage(content=answer))
-                    break
-                call = ai.tool_calls[0]
-                observation = self.execute(call["name"], dict(call["args"]))
-                messages += [ai, ToolMessage(content=observation, tool_call_id=call["id"], name=call["name"])]
-        return answer
-
-    def prepare(self, chat: BaseChatModel, config: RunConfig) -> None:
-        with self.lock:
-            if self.instance is not None:
-                return
-            start = time.perf_counter()
-            self.instance = self._new_instance()
-            budget = config.memory_prereq_turns
-            for conversation in load_memory_prereqs(self.scenario):
-                if budget is not None:
-                    conversation = conversation[:budget]
-                    budget -= len(conversation)
-                if conversation:
-                    self.converse(chat, conversation, config)
-                if budget is not None and budget <= 0:
-                    break
-            self.seconds = time.perf_counter() - start
-
-
-def _run_memory(
-    chat: BaseChatModel, entry: BfclEntry, config: RunConfig, scenario: _MemoryScenario
-) -> CaseResult:
-    scenario.prepare(chat, config)
-    before = scenario.tokens
-    answer = scenario.converse(chat, entry.question, config)
-    verdict = memory_check(answer, [str(a) for a in (entry.ground_truth or [])])
-    return _result(entry, verdict, [], answer, scenario.tokens - before)
-
-
-def run_case(
-    chat: BaseChatModel,
-    entry: BfclEntry,
-    config: RunConfig | None = None,
-    *,
-    memory: dict[str, _MemoryScenario] | None = None,
-    memory_backend: str = "MemoryAPI_kv",
-) -> CaseResult:
-    """Run and score one case. Engine errors become a failed case with the error, not a crash."""
-    config = config or RunConfig()
-    start = time.perf_counter()
-    try:
-        if entry.category.startswith("multi_turn"):
-            result = _run_multi_turn(chat, entry, config)
-        elif entry.category == "memory":
-            memory = memory if memory is not None else {}
-            key = f"{entry.scenario}:{memory_backend}"
-            scenario = memory.setdefault(key, _MemoryScenario(entry.scenario, memory_backend))
-            result = _run_memory(chat, entry, config, scenario)
-        else:
-            result = _run_single(chat, entry, config)
-    except Exception as exc:  # one bad case must not stop a long run; it is recorded and counted
-        result = CaseResult(
-            id=entry.id,
-            category=entry.category,
-            valid=False,
-            error=f"{type(exc).__name__}: {exc}"[:500],
-            error_type="runner:exception",
+def score_case(handler: Any, case: BfclEntry, result: Any) -> dict[str, Any]:
+    """BFCL's verdict for one model result: `{"valid": bool, ...error fields}`."""
+    runner = bfcl().runner
+    utils = bfcl().utils
+    name = handler.registry_name
+    prompt = deepcopy(case.prompt)
+    if utils.is_relevance_or_irrelevance(case.category):
+        return dict(
+            runner._evaluate_single_relevance_entry(handler, case.id, result, prompt, name, case.category)
         )
-    result.seconds = round(time.perf_counter() - start, 3)
-    return result
+    if utils.is_multi_turn(case.category):
+        return dict(
+            runner._evaluate_single_multi_turn_entry(
+                handler, case.id, result, case.ground_truth, prompt, name, case.category
+            )
+        )
+    if utils.is_agentic(case.category):
+        return dict(
+            runner._evaluate_single_agentic_entry(
+                handler, case.id, result, case.ground_truth, prompt, name, case.category
+            )
+        )
+    language, return_format = _language(case.category)
+    return dict(
+        runner._evaluate_single_ast_entry(
+            handler,
+            case.id,
+            result,
+            case.ground_truth,
+            prompt,
+            name,
+            case.category,
+            language=language,
+            return_format=return_format,
+            has_tool_call_tag=False,
+        )
+    )
 
 
-def _done_ids(path: Path) -> dict[str, CaseResult]:
-    if not path.exists():
-        return {}
+def _error_text(verdict: dict[str, Any]) -> tuple[str, str]:
+    error = verdict.get("error", "")
+    error_type = str(verdict.get("error_type", ""))
+    if isinstance(error, dict):  # multi-turn and agentic nest them
+        error_type = str(error.get("error_type", error_type))
+        error = error.get("error_message", error)
+    return str(error)[:500], error_type
+
+
+def _forget_instances(case_id: str) -> None:
+    """BFCL keeps each case's simulated API instances in module globals; drop this case's."""
+    store = vars(bfcl().multi_turn)
+    key = re.sub(r"[-./:]", "_", case_id)
+    for name in [k for k in store if key in k and k.endswith("_instance")]:
+        del store[name]
+
+
+def _infer(handler: Any, case: BfclEntry, model_dir: Path) -> tuple[Any, dict[str, Any]]:
+    entry = deepcopy(case.entry)
+    if bfcl().utils.is_memory(case.category):
+        entry = bfcl().utils.populate_initial_settings_for_memory_test_cases([entry], model_dir)[0]
+    try:
+        return handler.inference(entry, include_input_log=False, exclude_state_log=True)  # type: ignore[no-any-return]
+    except parse_errors() as exc:
+        return f"Error during inference: {type(exc).__name__}: {exc}"[:2000], {}
+
+
+def _tokens(meta: dict[str, Any], key: str) -> int:
+    value = meta.get(key, 0)
+
+    def total(v: Any) -> int:
+        if isinstance(v, list):
+            return sum(total(x) for x in v)
+        return int(v or 0)
+
+    return total(value)
+
+
+def _run_one(handler: Any, case: BfclEntry, model_dir: Path, mode: str) -> CaseResult:
+    start = time.perf_counter()
+    result, meta = _infer(handler, case, model_dir)
+    valid = False
+    error = error_type = ""
+    scored = not case.category.endswith("_prereq")
+    if scored:
+        verdict = score_case(handler, case, result)
+        valid = bool(verdict["valid"])
+        if not valid:
+            error, error_type = _error_text(verdict)
+    _forget_instances(case.id)
+    return CaseResult(
+        id=case.id,
+        category=case.category,
+        mode=mode,
+        valid=valid,
+        scored=scored,
+        error=error,
+        error_type=error_type,
+        result=bfcl().utils.make_json_serializable(result),
+        input_tokens=_tokens(meta, "input_token_count"),
+        output_tokens=_tokens(meta, "output_token_count"),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def run_case(chat: BaseChatModel, case: BfclEntry, config: RunConfig | None = None) -> CaseResult:
+    """Run and score one single-turn case with a chat model (used by the ACE adaptation suite)."""
+    config = config or RunConfig()
+    handler = make_handler(config.mode, chat=chat, system_prefix=_playbook(config.playbook_text))
+    return _run_one(handler, case, Path("/nonexistent"), config.mode)
+
+
+def _playbook(text: str) -> str:
+    return f"Playbook (strategies learned so far):\n{text.strip()}" if text.strip() else ""
+
+
+def _load_done(path: Path) -> dict[str, CaseResult]:
     done: dict[str, CaseResult] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                row = CaseResult.model_validate_json(line)
-            except ValueError:
-                continue  # a line cut by an interrupted run is simply redone
-            done[f"{row.category}/{row.id}"] = row
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    row = CaseResult.model_validate_json(line)
+                except ValidationError:
+                    continue  # a line cut by an interrupted run is simply redone
+                done[row.id] = row
     return done
 
 
+def _check_manifest(out_dir: Path, manifest: Manifest) -> None:
+    path = out_dir / "manifest.json"
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        new = manifest.model_dump()
+        diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+        if diff:
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise UserError(
+                f"{out_dir} holds results of another run ({changes}): use a new --out folder, "
+                "or rerun with the same settings to resume"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n", encoding="utf-8")
+
+
+def _schedule(cases: Sequence[BfclEntry]) -> tuple[list[BfclEntry], list[list[BfclEntry]]]:
+    """Independent cases, and memory chains (per category and scenario: prereqs then questions)."""
+    free: list[BfclEntry] = []
+    chains: dict[tuple[str, str], list[BfclEntry]] = {}
+    for case in cases:
+        if case.category.startswith("memory_"):
+            key = (case.category, case.scenario)
+            if key not in chains:
+                chains[key] = memory_prereqs(case.category, case.scenario)
+            chains[key].append(case)
+        else:
+            free.append(case)
+    return free, list(chains.values())
+
+
 def run_bfcl(
-    chat: BaseChatModel,
+    handler: Any,
     categories: Sequence[str],
     out_dir: Path,
+    manifest: Manifest,
     *,
     limit: int | None = None,
+    seed: int = 0,
     workers: int = 1,
-    config: RunConfig | None = None,
-    memory_backend: str = "MemoryAPI_kv",
-    entries: Sequence[BfclEntry] | None = None,
+    cases: Sequence[BfclEntry] | None = None,
     progress: bool = True,
-    results_name: str = "bfcl_results.jsonl",
 ) -> list[CaseResult]:
-    """Run categories (or given `entries`), appending each result to OUT/results_name; resumable."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / results_name
-    done = _done_ids(path)
+    """Run (or resume) the categories' cases into OUT; returns the scored cases (no prereqs)."""
+    _check_manifest(out_dir, manifest)
+    path = out_dir / "bfcl_results.jsonl"
+    done = _load_done(path)
     todo = (
-        list(entries)
-        if entries is not None
-        else [e for c in categories for e in load_category(c, limit=limit)]
+        list(cases)
+        if cases is not None
+        else [c for cat in categories for c in load_category(cat, limit=limit, seed=seed)]
     )
-    pending = [e for e in todo if f"{e.category}/{e.id}" not in done]
-    results = [done[f"{e.category}/{e.id}"] for e in todo if f"{e.category}/{e.id}" in done]
-    memory: dict[str, _MemoryScenario] = {}
+    model_dir = (out_dir / "result" / handler.registry_dir_name).resolve()
+    free, chains = _schedule(todo)
+    total = len(free) + sum(len(c) for c in chains)
     write_lock = threading.Lock()
-    bar = tqdm(total=len(pending), desc="bfcl", unit="case", disable=not progress)
-    with path.open("a", encoding="utf-8") as fh, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [
-            pool.submit(run_case, chat, e, config, memory=memory, memory_backend=memory_backend)
-            for e in pending
-        ]
-        for future in as_completed(futures):
-            result = future.result()
-            with write_lock:
-                fh.write(result.model_dump_json() + "\n")
-                fh.flush()
-            results.append(result)
+    bar = tqdm(total=total, desc=f"bfcl {manifest.mode}", unit="case", disable=not progress)
+    results: dict[str, CaseResult] = {}
+
+    def run(case: BfclEntry) -> None:
+        row = done.get(case.id) or _run_one(handler, case, model_dir, manifest.mode)
+        with write_lock:
+            if case.id not in done:
+                with path.open("a", encoding="utf-8") as fh:
+                    fh.write(row.model_dump_json() + "\n")
+            results[case.id] = row
             bar.update(1)
-            bar.set_postfix(acc=f"{sum(r.valid for r in results) / len(results):.2f}")
+
+    def run_chain(chain: list[BfclEntry]) -> None:
+        for case in chain:  # in order: each prereq builds on the previous snapshot
+            run(case)
+
+    # BFCL's loop prints every step to stdout; the progress bar (stderr) says enough.
+    with contextlib.redirect_stdout(io.StringIO()), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(run, c) for c in free] + [pool.submit(run_chain, ch) for ch in chains]
+        for future in futures:
+            future.result()  # re-raises the first real error: the run stops with it
     bar.close()
-    return results
+    write_bfcl_layout(handler, out_dir, results.values())
+    return [results[c.id] for c in todo]
 
 
-def summarize(results: Sequence[CaseResult]) -> dict[str, dict[str, float]]:
-    """Per-category accuracy, count, seconds and tokens, plus an `overall` row."""
-    table: dict[str, dict[str, float]] = {}
-    groups: dict[str, list[CaseResult]] = {}
-    for r in results:
-        groups.setdefault(r.category, []).append(r)
-    for name, rows in [*sorted(groups.items()), ("overall", list(results))]:
-        if not rows:
+def write_bfcl_layout(handler: Any, out_dir: Path, rows: Iterable[CaseResult]) -> Path:
+    """Raw outputs in BFCL's result layout (one file per category, sorted by id); returns the dir."""
+    utils = bfcl().utils
+    model_dir = out_dir / "result" / handler.registry_dir_name
+    by_file: dict[Path, list[dict[str, Any]]] = {}
+    for row in rows:
+        group = utils.get_directory_structure_by_id(row.id)
+        category = utils.extract_test_category_from_id(row.id)
+        file = model_dir / group / f"BFCL_v4_{category}_result.json"
+        by_file.setdefault(file, []).append(
+            {
+                "id": row.id,
+                "result": row.result,
+                "input_token_count": row.input_tokens,
+                "output_token_count": row.output_tokens,
+                "latency": row.seconds,
+            }
+        )
+    for file, entries in by_file.items():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        entries.sort(key=utils.sort_key)
+        file.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
+    return model_dir
+
+
+def bfcl_official_scores(handler: Any, out_dir: Path, categories: Sequence[str]) -> dict[str, float]:
+    """Re-score OUT's BFCL-layout files with BFCL's own `evaluate_task` (partial eval); writes
+    its score files under OUT/score and returns its accuracy per category."""
+    runner = bfcl().runner
+    utils = bfcl().utils
+    model_dir = out_dir / "result" / handler.registry_dir_name
+    table: dict[str, Any] = {}
+    out: dict[str, float] = {}
+    for category in categories:
+        file = (
+            model_dir
+            / utils.get_directory_structure_by_category(category)
+            / f"BFCL_v4_{category}_result.json"
+        )
+        if not file.exists():
             continue
-        table[name] = {
-            "n": len(rows),
-            "accuracy": sum(r.valid for r in rows) / len(rows),
-            "seconds": round(sum(r.seconds for r in rows), 2),
-            "tokens": sum(r.tokens for r in rows),
-        }
-    return table
+        model_result = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line]
+        model_result = [r for r in model_result if "prereq" not in r["id"]]
+        if not model_result:
+            continue
+        table = runner.evaluate_task(
+            category,
+            model_dir.parent,
+            out_dir / "score",
+            model_result,
+            handler.registry_name,
+            handler,
+            table,
+            allow_missing=True,
+        )
+        out[category] = float(table[handler.registry_name][category]["accuracy"])
+    return out
