@@ -29,6 +29,7 @@ from factflow.errors import UserError
 from factflow.evals.lab_data import LabData, Probe, locality_probes, make_lab_data
 from factflow.evals.lab_metrics import TextLogprobs, accuracy, kl_to_base, latency_ratio, ppl_ratio
 from factflow.evals.lab_routes import ROUTES, Answerer, RouteBudget, learn, route_unavailable
+from factflow.evals.stats import fmt_rate
 
 __all__ = ["LabConfig", "RunRow", "ANCHORS", "run_lab", "quick_config", "write_report", "load_rows"]
 
@@ -207,6 +208,13 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _rate(x: float, n: int) -> str:
+    """A recall as 'rate [95% Wilson] n=N' (each question scores 0 or 1)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)) or n <= 0:
+        return _fmt(x, 2)
+    return fmt_rate(round(x * n), n)
+
+
 def _thirds(change: dict[str, float] | None) -> tuple[str, str, str, str]:
     """Mean relative change in the lower / middle / upper third of decoder layers, and 'other'."""
     if not change:
@@ -311,6 +319,7 @@ def write_report(out: Path, *, skipped: dict[str, str] | None = None) -> Path:
         "",
         f"Model: `{cfg.get('model_path', '?')}`; seed {cfg.get('seed', '?')}; "
         f"written {datetime.now(UTC).isoformat(timespec='seconds')}.",
+        "Rates are shown as 'rate [95% Wilson interval] n=questions'. "
         "Recall = contains match of greedy answers. Efficacy: the training question; paraphrase: a question "
         "template never trained on; two-hop: composes two learned facts; locality: accuracy on general "
         "questions the base answers correctly (1.0 = nothing forgotten). KL(base || route) and the "
@@ -324,9 +333,11 @@ def write_report(out: Path, *, skipped: dict[str, str] | None = None) -> Path:
     ]
     for r in rows:
         lines.append(
-            f"| {r.route} | {r.size} | {_fmt(r.efficacy, 2)} | {_fmt(r.paraphrase, 2)} "
-            f"| {_fmt(r.two_hop, 2)} "
-            f"| {_fmt(r.locality, 2)} | {_fmt(r.kl, 3)} | {_fmt(r.ppl_ratio, 3)} | {r.trainable_params:,} "
+            f"| {r.route} | {r.size} | {_rate(r.efficacy, r.n_eval.get('facts', 0))} "
+            f"| {_rate(r.paraphrase, r.n_eval.get('facts', 0))} "
+            f"| {_rate(r.two_hop, r.n_eval.get('two_hop', 0))} "
+            f"| {_rate(r.locality, r.n_eval.get('locality', 0))} | {_fmt(r.kl, 3)} | {_fmt(r.ppl_ratio, 3)} "
+            f"| {r.trainable_params:,} "
             f"| {r.learn_s:.0f} | {_fmt(r.latency_ratio, 2)} | {r.notes} |"
         )
     lines += [
