@@ -103,8 +103,11 @@ _Lesson = Annotated[str, _cut_sentences(300)]
 
 
 class GeneratorOutput(_Out):
-    # length caps bound decode time on CPU and keep a rambling small model in check
-    reasoning: _S600 = ""
+    # length caps bound decode time on CPU and keep a rambling small model in check. `reasoning`
+    # is the one cap inside the grammar: SmolLM2 otherwise reasons until the 512-token cap on
+    # every Formula question (130 s per answer under load); the maxLength compile costs ~11 s
+    # once per process (xgrammar caches compiled schemas).
+    reasoning: Annotated[_S600, Field(json_schema_extra={"maxLength": 600})] = ""
     answer: _S1000
     bullet_ids: list[str] = Field(default_factory=list, max_length=8)
 

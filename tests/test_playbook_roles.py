@@ -205,6 +205,7 @@ def test_contains_match() -> None:
 def test_generator_output_schema_is_bounded() -> None:
     schema = GeneratorOutput.model_json_schema()
     assert "maxLength" not in schema["properties"]["answer"]  # costly for xgrammar; cut after decoding
+    assert schema["properties"]["reasoning"]["maxLength"] == 600  # the one cap worth its compile
     assert GeneratorOutput(answer="word " * 300).answer == " ".join(["word"] * 200)  # whole words
     assert GeneratorOutput(answer="TagA," * 300).answer == ",".join(["TagA"] * 200)  # whole list items
     assert len(GeneratorOutput(answer="x" * 1500).answer) == 1000  # no boundary at all: cut hard
