@@ -222,13 +222,13 @@ def ask(
     engine: str | None = typer.Option(None, help="transformers or vllm (else FACTFLOW_ENGINE)."),
     reft: Path | None = typer.Option(None, help="Apply this LoReFT adapter (transformers engine)."),
     proxy: Path | None = typer.Option(None, help="Proxy-tuned decoding from this config file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the whole result as one JSON object."),
     show_sources: bool = typer.Option(False, "--sources", help="Also print cited fact and bullet ids."),
 ) -> None:
     """One-shot question for scripts. Example: factflow ask 'What is the capital of France?'
 
     The thread id goes to stderr (`--thread ID` continues it); `echo 'question' | factflow ask`
     reads the question from stdin.
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as one JSON object."),
     """
     from factflow.agent.api import Agent
     if question is None or question == "-":
@@ -242,13 +242,10 @@ def ask(
     with Agent(settings, chat_model=_chat_model_for(settings, reft, proxy)) as agent:
     if as_json:
         typer.echo(result.model_dump_json())
-        return
-        result = agent.ask(question, thread_id=thread)
-    typer.echo(result.answer)
-    if show_sources:
+    else:
+        typer.echo(result.answer)
+    if show_sources and not as_json:
         typer.echo(f"facts: {', '.join(result.cited_fact_ids) or '-'}")
-    # stderr keeps stdout the bare answer for scripts
-    err_console.print(f"thread: {result.thread_id}", highlight=False, style="dim")
         typer.echo(f"bullets: {', '.join(result.used_bullet_ids) or '-'}")
 
 
@@ -256,6 +253,8 @@ def ask(
 def chat(
     thread: str | None = typer.Option(None, help="Resume this conversation thread."),
     engine: str | None = typer.Option(None, help="transformers or vllm (else FACTFLOW_ENGINE)."),
+    # stderr keeps stdout the bare answer (or JSON) for scripts; `--thread ID` continues it
+    err_console.print(f"thread: {result.thread_id}", highlight=False, style="dim")
     reft: Path | None = typer.Option(None, help="Apply this LoReFT adapter (transformers engine)."),
     proxy: Path | None = typer.Option(None, help="Proxy-tuned decoding from this config file."),
 ) -> None:
