@@ -28,6 +28,7 @@ def lab(
     sizes: str = typer.Option("16,256", help="Comma-separated numbers of facts, e.g. 16,256,1024."),
     out: Path = typer.Option(Path("lab-results"), help="Folder for results.jsonl, report.md and plots."),
     seed: int = typer.Option(0, help="Data, sampling and training seed."),
+    seeds: int = typer.Option(1, min=1, help="Run K seeds: SEED .. SEED+K-1, one row per seed, one report."),
     quick: bool = typer.Option(False, help="CI budget: 8 facts, 1-2 optimizer steps (ignores --sizes)."),
     epochs: int = typer.Option(8, help="Training epochs of weight routes (upper bound)."),
     max_steps: int = typer.Option(48, help="Optimizer step cap of weight routes (bounds CPU time)."),
@@ -81,5 +82,8 @@ def lab(
             locality_candidates=locality_candidates or None,
             n_neutral=neutral,
         )
-    report = run_lab(cfg)
+    for k in range(seeds):  # rows are keyed by seed, so each seed resumes on its own
+        run_seed = seed + k
+        budget = cfg.budget.model_copy(update={"seed": run_seed})
+        report = run_lab(cfg.model_copy(update={"seed": run_seed, "budget": budget}))
     console.print(f"report: {report}")

@@ -331,9 +331,11 @@ def write_report(out: Path, *, skipped: dict[str, str] | None = None) -> Path:
         "| learn s | latency x | notes |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    several_seeds = len({r.seed for r in rows}) > 1
     for r in rows:
+        name = f"{r.route} (seed {r.seed})" if several_seeds else r.route
         lines.append(
-            f"| {r.route} | {r.size} | {_rate(r.efficacy, r.n_eval.get('facts', 0))} "
+            f"| {name} | {r.size} | {_rate(r.efficacy, r.n_eval.get('facts', 0))} "
             f"| {_rate(r.paraphrase, r.n_eval.get('facts', 0))} "
             f"| {_rate(r.two_hop, r.n_eval.get('two_hop', 0))} "
             f"| {_rate(r.locality, r.n_eval.get('locality', 0))} | {_fmt(r.kl, 3)} | {_fmt(r.ppl_ratio, 3)} "
