@@ -223,23 +223,24 @@ def ask(
     reft: Path | None = typer.Option(None, help="Apply this LoReFT adapter (transformers engine)."),
     proxy: Path | None = typer.Option(None, help="Proxy-tuned decoding from this config file."),
     show_sources: bool = typer.Option(False, "--sources", help="Also print cited fact and bullet ids."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as one JSON object."),
 ) -> None:
     """One-shot question for scripts. Example: factflow ask 'What is the capital of France?'
 
     The thread id goes to stderr (`--thread ID` continues it); `echo 'question' | factflow ask`
     reads the question from stdin.
-    as_json: bool = typer.Option(False, "--json", help="Print the whole result as one JSON object."),
     """
     from factflow.agent.api import Agent
+
     if question is None or question == "-":
         if sys.stdin is None or sys.stdin.isatty():
             raise UserError(
                 "no question given: pass it as an argument or pipe it in, e.g. echo 'Hi?' | factflow ask"
             )
         question = sys.stdin.read()
-
     settings = load_settings(engine=engine)
     with Agent(settings, chat_model=_chat_model_for(settings, reft, proxy)) as agent:
+        result = agent.ask(question, thread_id=thread)
     if as_json:
         typer.echo(result.model_dump_json())
     else:
@@ -247,14 +248,14 @@ def ask(
     if show_sources and not as_json:
         typer.echo(f"facts: {', '.join(result.cited_fact_ids) or '-'}")
         typer.echo(f"bullets: {', '.join(result.used_bullet_ids) or '-'}")
+    # stderr keeps stdout the bare answer (or JSON) for scripts; `--thread ID` continues it
+    err_console.print(f"thread: {result.thread_id}", highlight=False, style="dim")
 
 
 @app.command()
 def chat(
     thread: str | None = typer.Option(None, help="Resume this conversation thread."),
     engine: str | None = typer.Option(None, help="transformers or vllm (else FACTFLOW_ENGINE)."),
-    # stderr keeps stdout the bare answer (or JSON) for scripts; `--thread ID` continues it
-    err_console.print(f"thread: {result.thread_id}", highlight=False, style="dim")
     reft: Path | None = typer.Option(None, help="Apply this LoReFT adapter (transformers engine)."),
     proxy: Path | None = typer.Option(None, help="Proxy-tuned decoding from this config file."),
 ) -> None:
@@ -263,6 +264,7 @@ def chat(
 
     settings = load_settings(engine=engine)
     run_repl(settings, thread_id=thread, chat_model=_chat_model_for(settings, reft, proxy))
+
 
 @app.command()
 def mcp(
@@ -281,7 +283,6 @@ def mcp(
     if port is not None and not 1 <= port <= 65535:
         raise UserError(f"--port {port} is out of range: use 1..65535")
     run_server(settings, namespace=validate_namespace(namespace or settings.namespace), port=port)
-
 
 
 def main() -> None:
