@@ -112,6 +112,7 @@ def bfcl(
         )
     start = time.perf_counter()
     by_mode = {}
+    rows_by_mode = {}
     for mode in mode_list:
         on_endpoint = mode == "fc" or (mode == "prompt" and endpoint is not None)
         chat = None if on_endpoint else _chat(max_new_tokens)
@@ -138,7 +139,8 @@ def bfcl(
                 f"{mode}: the model server at {where} stopped answering ({exc}); fix it and rerun to resume"
             ) from exc
         by_mode[mode] = summarize(rows)
-    report = write_bfcl_report(by_mode, out)
+        rows_by_mode[mode] = rows
+    report = write_bfcl_report(by_mode, out, rows_by_mode=rows_by_mode)
     console.print(report.read_text())
     console.print(f"report: {report} ({time.perf_counter() - start:.0f} s)")
 

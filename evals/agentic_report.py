@@ -13,12 +13,13 @@ from pathlib import Path
 from factflow.evals.adapt import AdaptRow, adapt_markdown
 from factflow.evals.bfcl_data import ALL_CATEGORIES
 from factflow.evals.bfcl_runner import CaseResult
-from factflow.evals.stats import fmt_rate, wilson_interval
+from factflow.evals.stats import fmt_rate, paired_bootstrap, wilson_interval
 
 __all__ = [
     "MODE_LABELS",
     "CategoryScore",
     "summarize",
+    "paired_differences",
     "write_bfcl_report",
     "write_adapt_report",
     "bfcl_markdown",
@@ -53,7 +54,27 @@ def _order(category: str) -> int:
     return ALL_CATEGORIES.index(category) if category in ALL_CATEGORIES else len(ALL_CATEGORIES)
 
 
-def bfcl_markdown(by_mode: Mapping[str, Mapping[str, CategoryScore]], title: str = "BFCL v4") -> str:
+def paired_differences(rows_by_mode: Mapping[str, Sequence[CaseResult]]) -> list[str]:
+    """Markdown rows: each pair of modes on the cases both scored, paired bootstrap of the difference."""
+    lines = []
+    modes = list(rows_by_mode)
+    verdicts = {m: {r.id: float(r.valid) for r in rows if r.scored} for m, rows in rows_by_mode.items()}
+    for i, a in enumerate(modes):
+        for b in modes[i + 1 :]:
+            common = sorted(set(verdicts[a]) & set(verdicts[b]))
+            if not common:
+                continue
+            res = paired_bootstrap([verdicts[a][c] for c in common], [verdicts[b][c] for c in common])
+            interval = f"[{res.low:+.3f}, {res.high:+.3f}]"
+            lines.append(f"| {a} - {b} | {res.mean_diff:+.3f} | {interval} | {res.p_value:.3f} | {res.n} |")
+    return lines
+
+
+def bfcl_markdown(
+    by_mode: Mapping[str, Mapping[str, CategoryScore]],
+    title: str = "BFCL v4",
+    rows_by_mode: Mapping[str, Sequence[CaseResult]] | None = None,
+) -> str:
     """One column per mode: accuracy [95% Wilson] n per category, pooled mean, BFCL's sections."""
     from factflow.evals.bfcl_leaderboard import WEIGHTS, leaderboard
 
@@ -90,6 +111,16 @@ def bfcl_markdown(by_mode: Mapping[str, Mapping[str, CategoryScore]], title: str
         lines.append(
             f"| {section.name} | {weight} | " + " | ".join(cells) + f" | {', '.join(missing) or '-'} |"
         )
+    pairs = paired_differences(rows_by_mode) if rows_by_mode else []
+    if pairs:
+        lines += [
+            "",
+            "Paired differences on the same cases (bootstrap, 10,000 resamples, 95% interval, two-sided p):",
+            "",
+            "| modes | difference | 95% interval | p | n |",
+            "|---|---:|---:|---:|---:|",
+            *pairs,
+        ]
     lines += ["", "| cost | " + " | ".join(labels) + " |", row_sep]
     lines.append(
         "| seconds | "
@@ -122,7 +153,10 @@ def _bar_png(path: Path, labels: list[str], values: list[float], title: str) -> 
 
 
 def write_bfcl_report(
-    by_mode: Mapping[str, Mapping[str, CategoryScore]], out_dir: Path, title: str = "BFCL v4"
+    by_mode: Mapping[str, Mapping[str, CategoryScore]],
+    out_dir: Path,
+    title: str = "BFCL v4",
+    rows_by_mode: Mapping[str, Sequence[CaseResult]] | None = None,
 ) -> Path:
     """Markdown + PNG (accuracy per category, one bar per mode, 95% interval whiskers)."""
     import matplotlib
@@ -132,7 +166,7 @@ def write_bfcl_report(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "bfcl_report.md"
-    md.write_text(bfcl_markdown(by_mode, title), encoding="utf-8")
+    md.write_text(bfcl_markdown(by_mode, title, rows_by_mode), encoding="utf-8")
     categories = sorted({c for t in by_mode.values() for c in t}, key=_order)
     width = 0.8 / max(1, len(by_mode))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(categories) + 2), 3.6))

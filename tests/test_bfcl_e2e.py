@@ -49,6 +49,7 @@ def test_constrained_and_prompt_modes_on_the_default_model(hf_chat, tmp_path: Pa
     chat = hf_chat.model_copy(update={"max_new_tokens": 96})
     case = [c for c in load_category("simple_python") if c.id == "simple_python_0"]
     by_mode = {}
+    rows_by_mode = {}
     for mode in ("constrained", "prompt"):
         out = tmp_path / mode
         handler = make_handler(mode, chat=chat)
@@ -68,7 +69,9 @@ def test_constrained_and_prompt_modes_on_the_default_model(hf_chat, tmp_path: Pa
         assert [r.model_dump() for r in again] == [r.model_dump() for r in rows]
         assert len((out / "bfcl_results.jsonl").read_text().splitlines()) == 1
         by_mode[mode] = summarize(rows)
-    report = write_bfcl_report(by_mode, tmp_path).read_text()
+        rows_by_mode[mode] = rows
+    report = write_bfcl_report(by_mode, tmp_path, rows_by_mode=rows_by_mode).read_text()
+    assert "| constrained - prompt |" in report  # paired difference on the shared case
     assert "constrained (ours)" in report and "prompt (BFCL prompt)" in report
     assert "| simple_python |" in report and "n=1" in report and "overall" in report
     assert (tmp_path / "bfcl_accuracy.png").stat().st_size > 0

@@ -222,3 +222,20 @@ def test_resume_into_a_folder_of_another_run_is_refused(tmp_path: Path) -> None:
     run_bfcl(handler, [], tmp_path, manifest(), cases=[], progress=False)  # same settings: resumes
     with pytest.raises(UserError, match=r"seed: 0 -> 1.*new --out folder"):
         run_bfcl(handler, [], tmp_path, manifest(seed=1), cases=[], progress=False)
+
+
+def test_report_pairs_modes_on_shared_cases_and_names_n(tmp_path: Path) -> None:
+    from factflow.evals.agentic_report import summarize, write_bfcl_report
+
+    def rows(mode: str, right: int) -> list[CaseResult]:
+        return [
+            CaseResult(id=f"simple_python_{i}", category="simple_python", mode=mode, valid=i < right)
+            for i in range(40)
+        ]
+
+    by_rows = {"prompt": rows("prompt", 30), "constrained": rows("constrained", 10)}
+    report = write_bfcl_report({m: summarize(r) for m, r in by_rows.items()}, tmp_path, rows_by_mode=by_rows)
+    text = report.read_text()
+    assert "| simple_python | 0.75 [0.60, 0.86] n=40 | 0.25 [0.14, 0.40] n=40 |" in text
+    assert "| prompt - constrained | +0.500 |" in text and "| 40 |" in text
+    assert "| overall | 100 |" in text and "simple_java" in text  # missing categories are named
