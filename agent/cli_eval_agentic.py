@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -21,12 +21,13 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _chat(max_new_tokens: int | None) -> BaseChatModel:
+def _chat(max_new_tokens: int | None, **overrides: Any) -> BaseChatModel:
     from factflow.agent.cli import load_settings
     from factflow.serving.engines import load_chat_model
 
     settings = load_settings()
-    overrides = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    if max_new_tokens:
+        overrides["max_new_tokens"] = max_new_tokens
     return load_chat_model(settings, **overrides)
 
 
@@ -115,7 +116,8 @@ def bfcl(
     rows_by_mode = {}
     for mode in mode_list:
         on_endpoint = mode == "fc" or (mode == "prompt" and endpoint is not None)
-        chat = None if on_endpoint else _chat(max_new_tokens)
+        # constrained is factflow's JSON action by definition, even on a server with native tool calls
+        chat = None if on_endpoint else _chat(max_new_tokens, tool_calls="json_action")
         handler = make_handler(
             mode, chat=chat, base_url=url if on_endpoint else None, api_key=key, served_model=served,
             max_tokens=max_new_tokens,
