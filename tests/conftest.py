@@ -90,7 +90,10 @@ def vllm_server(model_path: str) -> Iterator[object]:
     from factflow.serving.vllm_server import VLLMServer
 
     # Eager mode: no torch.compile warm-up, so the session starts sooner; outputs are the same.
-    with VLLMServer(model_path, extra_args=["--enforce-eager"]) as server:
+    # A tool-call parser lets vLLM answer forced tool_choice with native tool_calls (schema-decoded,
+    # so even SmolLM2 makes them); vLLM 0.32 only loads the parser with auto tool choice enabled.
+    args = ["--enforce-eager", "--enable-auto-tool-choice", "--tool-call-parser", "pythonic"]
+    with VLLMServer(model_path, extra_args=args) as server:
         yield server
 
 
