@@ -215,7 +215,8 @@ def _forget_instances(case_id: str) -> None:
     """BFCL keeps each case's simulated API instances in module globals; drop this case's."""
     store = vars(bfcl().multi_turn)
     key = re.sub(r"[-./:]", "_", case_id)
-    for name in [k for k in store if key in k and k.endswith("_instance")]:
+    # "_<id>_" so that case 1 does not match case 10's instances
+    for name in [k for k in store if f"_{key}_" in k and k.endswith("_instance")]:
         del store[name]
 
 
