@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         None, description="Chroma server URL (http://host:port); unset = embedded store under HOME."
     )
     namespace: str = Field("default", description="Tenant whose facts the agent sees.")
+    store_shared: bool = Field(
+        False,
+        description="Serve the embedded fact store to other processes through a local Chroma server this "
+        "process starts and stops (`factflow chat` and `factflow mcp` turn it on).",
+    )
     checkpoint_url: str | None = Field(
         None,
         description="Where agent threads are kept: postgresql://... shares them between processes and "

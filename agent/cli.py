@@ -262,7 +262,8 @@ def chat(
     """The terminal REPL: streaming answers, /teach, /why, /help. Example: factflow chat"""
     from factflow.agent.repl import run_repl
 
-    settings = load_settings(engine=engine)
+    # shared: `factflow facts add` in another terminal reaches the store while the REPL runs
+    settings = load_settings(engine=engine, store_shared=True)
     run_repl(settings, thread_id=thread, chat_model=_chat_model_for(settings, reft, proxy))
 
 
@@ -279,7 +280,7 @@ def mcp(
     from factflow.agent.mcp_server import run_server
     from factflow.memory.store import validate_namespace
 
-    settings = load_settings()
+    settings = load_settings(store_shared=True)  # other processes may use the store meanwhile
     if port is not None and not 1 <= port <= 65535:
         raise UserError(f"--port {port} is out of range: use 1..65535")
     run_server(settings, namespace=validate_namespace(namespace or settings.namespace), port=port)

@@ -88,7 +88,7 @@ class FactStore:
         if settings.chroma_url and path is None:
             return cls(http_client(settings.chroma_url), settings)
         path = Path(path or settings.home / "facts" / "chroma").expanduser()
-        client = acquire_embedded(path)
+        client = acquire_embedded(path, serve=settings.store_shared)
         try:
             return cls(client, settings, embedded_path=path)
         except Exception:

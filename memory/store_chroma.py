@@ -1,10 +1,12 @@
 """Chroma plumbing of the fact store: namespace -> collection naming, the embedded client and its
 single-writer lock, the server client, and the Fact <-> Chroma record conversion.
 
-Embedded mode: a Chroma PersistentClient under HOME/facts/chroma. Chroma's embedded client is not
-safe across processes (Chroma docs; chroma issue #3769), so the first process takes an exclusive
-file lock and a second one gets a clear error. Server mode: FACTFLOW_CHROMA_URL names a
-`chroma run` server and any number of processes share it.
+Embedded mode: the store's files under HOME/facts/chroma. Chroma's embedded client is not safe
+across processes (Chroma docs; chroma issue #3769), so one process owns the files at a time (a
+portable filelock). An owner opened with `serve` (settings.store_shared: `factflow chat`,
+`factflow mcp`) runs a local `chroma run` server on them, which it starts and stops, and other
+processes (`factflow facts add` in a second terminal) use that server. Server mode:
+FACTFLOW_CHROMA_URL names a `chroma run` server and any number of processes share it.
 
 Each namespace (tenant) is its own collection, named `ff_<slug>_<sha256(name)[:16]>`: the hash
 makes the mapping injective (`john_doe` and `john-doe` share a slug, not a collection), and the
@@ -13,16 +15,21 @@ collection's metadata records the exact name, checked on every open.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from factflow.errors import UserError
 from factflow.memory.facts import ClaimVerdict, Fact
@@ -132,42 +139,112 @@ def is_not_found(exc: Exception) -> bool:
 @dataclass
 class _Embedded:
     client: Any
-    lock_fd: int
+    lock: FileLock | None  # held while this process owns the files (its own client or its server)
+    server: subprocess.Popen[bytes] | None  # the local Chroma server this process started
     refs: int
 
 
 _EMBEDDED: dict[str, _Embedded] = {}
 _EMBEDDED_GUARD = threading.Lock()
+_SERVER_FILE = "factflow-server.json"  # {"url", "pid"} of the local server sharing this store
+_LOCK_WAIT = {True: 60.0, False: 5.0}  # s; a short-lived holder (`facts add`, `ask`) is done by then
 
 
-def acquire_embedded(path: Path) -> Any:
-    """One PersistentClient per path per process, guarded by an exclusive flock across processes."""
+def _served_client(path: Path) -> Any | None:
+    """A client of the local server another process runs for this store, if one is up."""
+    try:
+        info = json.loads((path / _SERVER_FILE).read_text())
+        return http_client(str(info["url"]))
+    except (OSError, ValueError, KeyError, UserError):
+        return None  # none, or a stale file left by a killed process (its lock is free again)
+
+
+def _start_server(path: Path) -> tuple[subprocess.Popen[bytes], Any]:
+    """`chroma run` on this store, on a free loopback port; returns it and a client once it answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    chroma = Path(sys.executable).with_name("chroma")
+    log = (path / "factflow-server.log").open("ab")
+    proc = subprocess.Popen(
+        [str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C in a REPL must not kill the store under it
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client = http_client(url)
+            break
+        except UserError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise UserError(
+                    f"the local Chroma server for {path} did not start: see {path / 'factflow-server.log'}, "
+                    "or set FACTFLOW_CHROMA_URL to a server you run"
+                ) from None
+            time.sleep(0.2)
+    (path / _SERVER_FILE).write_text(json.dumps({"url": url, "pid": proc.pid}))
+    return proc, client
+
+
+def acquire_embedded(path: Path, *, serve: bool = False) -> Any:
+    """A client of the embedded store at `path`: one per path per process, shared across processes.
+
+    Chroma's embedded client is not safe across processes (chroma issue #3769), so one process at
+    a time owns the files, holding a portable lock (filelock). With `serve` the owner runs a local
+    Chroma server on them and every other process that opens the store talks to that server; a
+    plain owner keeps them to itself, and others wait a few seconds, then get a clear error.
+    """
     key = str(path.resolve())
     with _EMBEDDED_GUARD:
         if key in _EMBEDDED:
             _EMBEDDED[key].refs += 1
             return _EMBEDDED[key].client
         path.mkdir(parents=True, exist_ok=True)
-        lock_path = path / "factflow-writer.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        client = _served_client(path)
+        if client is not None:
+            _EMBEDDED[key] = _Embedded(client, None, None, 1)
+            return client
+        # thread_local=False: Agent/MCP handles are opened and closed on different threads
+        lock = FileLock(path / "factflow-writer.lock", thread_local=False)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+            lock.acquire(timeout=_LOCK_WAIT[serve])
+        except Timeout:
+            client = _served_client(path)  # the holder may have just started serving
+            if client is not None:
+                _EMBEDDED[key] = _Embedded(client, None, None, 1)
+                return client
+            try:
+                holder = (path / "factflow-writer.pid").read_text().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
             raise UserError(
-                f"the fact store at {path} is already open in another process (pid {holder}); close it, "
-                "or serve the store with `chroma run --path DIR` and set FACTFLOW_CHROMA_URL to share it"
+                f"the fact store at {path} is already open in another process (pid {holder}) that does not "
+                "share it; close it, or share it: `factflow chat` and `factflow mcp` serve it to other "
+                "processes (FACTFLOW_STORE_SHARED=1 in your app), or run `chroma run --path DIR` and set "
+                "FACTFLOW_CHROMA_URL"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
+        server = None
+        try:
+            (path / "factflow-writer.pid").write_text(str(os.getpid()))
+            (path / _SERVER_FILE).unlink(missing_ok=True)  # stale: its owner died holding the lock
+            if serve:
+                server, client = _start_server(path)
+            else:
+                import chromadb
+                from chromadb.config import Settings as ChromaSettings
 
-        client = chromadb.PersistentClient(
-            path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
-        )
-        _EMBEDDED[key] = _Embedded(client, fd, 1)
+                client = chromadb.PersistentClient(
+                    path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
+                )
+        except BaseException:
+            lock.release()
+            raise
+        _EMBEDDED[key] = _Embedded(client, lock, server, 1)
         return client
 
 
@@ -180,8 +257,15 @@ def release_embedded(path: Path) -> None:
         entry.refs -= 1
         if entry.refs <= 0:
             del _EMBEDDED[key]
-            fcntl.flock(entry.lock_fd, fcntl.LOCK_UN)
-            os.close(entry.lock_fd)
+            if entry.server is not None:
+                (path / _SERVER_FILE).unlink(missing_ok=True)  # new openers stop coming first
+                entry.server.terminate()
+                try:
+                    entry.server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    entry.server.kill()
+            if entry.lock is not None:
+                entry.lock.release()
 
 
 # --------------------------------------------------------------------------- server client
