@@ -41,6 +41,7 @@ def factflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in (
         *("CONFIG", "ENGINE", "BASE_URL", "MODEL", "CHROMA_URL"),
         *("API_KEY", "SERVED_MODEL", "TOOL_CALLS", "AGENT_TOKEN"),
+        *("CHECKPOINT_URL", "STORE_SHARED", "NAMESPACE"),
     ):
         monkeypatch.delenv(f"FACTFLOW_{var}", raising=False)
     from factflow.settings import _cached
