@@ -1,9 +1,11 @@
 """The agent server against raw vLLM: answer tokens/s and turn latency at 1 and 16 sessions.
 
     python -m factflow.bench.agent_server [--sessions 1 16] [--turns 2] [--tokens 64] [--eager]
+                                          [--base-url URL]
 
-One vLLM server on the default model; the agent server (`factflow serve --agent`'s app, in this
-process) talks to it. Each session is one thread that asks `--turns` questions one after another;
+One vLLM server on the default model (or the one already running at --base-url); the agent
+server (`factflow serve --agent`'s app, in this process) talks to it. Each session is one thread
+that asks `--turns` questions one after another;
 sessions run concurrently. The same questions go straight to vLLM's /v1/chat/completions in the
 same run, with the same token cap. tokens/s = answer tokens delivered (counted by vLLM's
 /tokenize) / wall time; share = agent / raw. The agent adds retrieval, a tool decision, citation
@@ -13,6 +15,7 @@ and the write-back gate to each turn, all of it on the same CPU as vLLM here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -70,37 +73,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=2, help="questions per session")
     parser.add_argument("--tokens", type=int, default=64, help="answer token cap, both sides")
     parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile (starts sooner)")
+    parser.add_argument("--base-url", help="an already running vLLM server's /v1 root (else one is started)")
     args = parser.parse_args(argv)
 
     import openai
 
     from factflow.agent.api import Agent
     from factflow.agent.server import AGENT_MODEL_ID, AgentHub, AgentServerThread, create_app
+    from factflow.serving.engines import check_endpoint
     from factflow.serving.models import resolve_model
     from factflow.serving.vllm_server import VLLMServer
     from factflow.settings import Settings
 
     console = Console()
     home = Path(tempfile.mkdtemp(prefix="factflow-bench-agent-"))
-    model = resolve_model(Settings())
-    with VLLMServer(model, extra_args=["--enforce-eager"] if args.eager else []) as vllm:
-        settings = Settings(home=home, engine="vllm", base_url=vllm.base_url, max_new_tokens=args.tokens)
+    with contextlib.ExitStack() as stack:
+        if args.base_url:
+            url = args.base_url.rstrip("/")
+            served = check_endpoint(url, None, None, engine="vllm")
+        else:
+            extra = ["--enforce-eager"] if args.eager else []
+            vllm = stack.enter_context(VLLMServer(resolve_model(Settings()), extra_args=extra))
+            url, served = vllm.base_url, vllm.served_model_name
+        settings = Settings(home=home, engine="vllm", base_url=url, max_new_tokens=args.tokens)
         agent = Agent(settings)
         for fact in FACTS:
             agent.teach(fact)
-        raw = openai.OpenAI(base_url=vllm.base_url, api_key="EMPTY", max_retries=0, timeout=600)
+        raw = openai.OpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=600)
 
         def count(text: str) -> int:
             reply = httpx.post(
-                f"{vllm.base_url.removesuffix('/v1')}/tokenize",
-                json={"model": vllm.served_model_name, "prompt": text},
+                f"{url.removesuffix('/v1')}/tokenize",
+                json={"model": served, "prompt": text},
                 timeout=60,
             )
             return int(reply.json()["count"])
 
         def raw_turn(s: int, t: int) -> str:
             reply = raw.chat.completions.create(
-                model=vllm.served_model_name,
+                model=served,
                 messages=[{"role": "user", "content": QUESTIONS[(s + t) % len(QUESTIONS)]}],
                 max_tokens=args.tokens,
                 temperature=0,
