@@ -47,6 +47,7 @@ from factflow.memory.adapt import (
 )
 from factflow.memory.bullets import AddOp, Delta
 from factflow.memory.playbook import Playbook
+from factflow.memory.render import TokenCounter, get_token_counter
 from factflow.memory.roles import RoleCall, UsageMeter
 
 __all__ = [
@@ -254,20 +255,26 @@ class _Meter:
         return sum(self.count(c.prompt) + self.count(c.output) for c in self.meter.calls)
 
 
-def _token_counter(settings: Any) -> Callable[[str], int]:
-    from factflow.memory.render import get_token_counter
+class _ApproxCounter:
+    """~4 characters per token: for a remote model whose tokenizer is not on this machine."""
 
+    def count(self, text: str) -> int:
+        return max(1, len(text) // 4)
+
+
+def _token_counter(settings: Any) -> TokenCounter:
+    """The playbook's tokenizer; approximate when the model is remote and has none here."""
     try:
-        counter = get_token_counter(settings)
-        return counter.count
-    except UserError:  # a remote model without a local tokenizer: ~4 characters per token
-        return lambda text: max(1, len(text) // 4)
+        return get_token_counter(settings)
+    except UserError:
+        tqdm.write("no local tokenizer for the model: token counts are approximate (4 characters/token)")
+        return _ApproxCounter()
 
 
-def _fresh_playbook(path: Path, settings: Any) -> Playbook:
+def _fresh_playbook(path: Path, settings: Any, counter: TokenCounter) -> Playbook:
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)  # every method adapts from an empty playbook
-    return Playbook.open(path, settings, dedup_mode="off")
+    return Playbook.open(path, settings, dedup_mode="off", token_counter=counter)
 
 
 def _row(
@@ -368,13 +375,14 @@ def run_adaptation(
         raise UserError(f"unknown adaptation method(s) {unknown}: use {', '.join(METHODS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     train, val, test = task.splits()
-    count = _token_counter(settings)
+    counter = _token_counter(settings)
+    count = counter.count
     judge = _judge_of(task)
     rows: list[AdaptRow] = []
     for method in cfg.methods:
         usage = _Meter(count)
         answer = task.answerer(chat, usage.meter)
-        pb = _fresh_playbook(out_dir / f"{task.name}_{method}.sqlite3", settings)
+        pb = _fresh_playbook(out_dir / f"{task.name}_{method}.sqlite3", settings, counter)
         run_id = f"{task.name}-{method}-{time.time_ns()}"
         t0 = time.perf_counter()
         notes = ""
