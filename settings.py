@@ -59,10 +59,11 @@ class Settings(BaseSettings):
     served_model: str | None = Field(
         None, description="Model id at base_url (default: the first id its /v1/models lists)."
     )
-    tool_calls: Literal["auto", "native", "json_action"] = Field(
-        "auto",
+    tool_calls: Literal["auto", "native", "json_action"] | None = Field(
+        None,
         description="native: the server's tools/tool_calls; json_action: factflow's constrained JSON "
-        "action; auto: native when one probe call returns well-formed tool_calls, else json_action.",
+        "action; auto: native when one probe call returns well-formed tool_calls, else json_action. "
+        "Unset: auto for engine openai, json_action for vllm and transformers.",
     )
     agent_token: SecretStr | None = Field(
         None, description="Bearer token `serve --agent` requires; without one it binds loopback only."

@@ -285,7 +285,8 @@ def load_chat_model(settings: Settings | None = None, **overrides: Any) -> BaseC
         max_completion_tokens=settings.max_new_tokens,
         max_retries=1,
         timeout=600,
-        tool_calls=settings.tool_calls,
+        # factflow's own vLLM keeps the JSON action unless asked: evals compare the two formats
+        tool_calls=settings.tool_calls or ("json_action" if is_vllm else "auto"),
         # factflow's own vLLM has structured outputs; elsewhere find out on the first call
         structured="json_schema" if is_vllm else "auto",
         sampling_extras=is_vllm,
