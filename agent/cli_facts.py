@@ -1,15 +1,19 @@
-"""`factflow facts ...`: add, ingest, search, show, audit and export verified facts.
+"""`factflow facts ...`: add, ingest, search, show, audit, export and import verified facts, and
+invalidate, delete or trace the history of one.
 
 Examples:
     factflow facts add "Acme Corp is headquartered in Lyon." --namespace acme
     factflow facts ingest notes.md --namespace acme
-    factflow facts search "where is Acme" -k 3 --namespace acme
+    factflow facts search "where is Acme" -k 3 --namespace acme [--as-of 2026-01-31]
     factflow facts audit --namespace acme
+    factflow facts invalidate f-0123 --reason "moved to Graz"; factflow facts history f-0123
+    factflow facts delete f-0123 --yes; factflow facts export -o f.jsonl --all; factflow facts import f.jsonl
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -59,20 +63,36 @@ def ingest(
     console.print(f"ingested {len(facts)} chunk(s) from {path} into {facts[0].namespace if facts else '-'}")
 
 
+def _parse_when(text: str) -> datetime:
+    from factflow.errors import UserError
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(
+            f"--as-of {text!r} is not a date: use ISO format, e.g. 2026-01-31 or 2026-01-31T12:00"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 @facts_app.command("search")
 def search(
     query: str = typer.Argument(..., help="What to look for."),
     k: int = typer.Option(5, "-k", help="How many facts."),
     namespace: str | None = _NS,
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="Facts valid at this time (ISO date or datetime, UTC if no zone), not now."
+    ),
 ) -> None:
     """Hybrid search (dense + BM25, RRF). Example: factflow facts search 'who founded Acme' -k 3"""
     from rich.table import Column, Table
 
     from factflow.agent.cli import console
 
+    when = _parse_when(as_of) if as_of else None
     with _open() as store:
-        hits = store.search(query, k=k, namespace=namespace)
+        hits = store.search(query, k=k, namespace=namespace, as_of=when)
     if as_json:
         for h in hits:
             print(h.model_dump_json())
@@ -139,3 +159,84 @@ def export(
     else:
         out.write_text(text)
         print(json.dumps({"exported": len(lines), "path": str(out)}))
+
+
+@facts_app.command("import")
+def import_(
+    path: Path = typer.Argument(..., help="A file written by `factflow facts export`."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Put every fact in this namespace."),
+) -> None:
+    """Restore exported facts with every field (ids, validity, provenance).
+    Example: factflow facts import f.jsonl"""
+    with _open() as store:
+        facts = store.import_facts(path, namespace=namespace)
+    print(json.dumps({"imported": len(facts), "namespaces": sorted({f.namespace for f in facts})}))
+
+
+@facts_app.command("invalidate")
+def invalidate(
+    fact_id: str = typer.Argument(..., help="A fact id."),
+    namespace: str | None = _NS,
+    reason: str = typer.Option("", help="Why (kept in the audit log)."),
+) -> None:
+    """End a fact's validity, keeping it for history; model facts derived from it end too.
+    Example: factflow facts invalidate f-0123 --reason 'moved'"""
+    from factflow.agent.cli import console
+
+    with _open() as store:
+        derived = [f.id for f in store.derived_facts(fact_id, namespace=namespace)]
+        fact = store.invalidate(fact_id, namespace=namespace, reason=reason or "invalidated by the user")
+    also = f" and {len(derived)} fact(s) derived from it: {', '.join(derived)}" if derived else ""
+    console.print(f"invalidated {fact.id}{also}")
+
+
+@facts_app.command("delete")
+def delete(
+    fact_id: str = typer.Argument(..., help="A fact id."),
+    namespace: str | None = _NS,
+    yes: bool = typer.Option(False, "--yes", help="Delete without asking (erasure cannot be undone)."),
+    reason: str = typer.Option("", help="Why (kept in the audit log, without the fact's text)."),
+) -> None:
+    """Erase a fact (and model facts derived from it) and scrub its text from the audit log.
+    Use `invalidate` to keep history. Example: factflow facts delete f-0123 --yes"""
+    from factflow.agent.cli import console
+    from factflow.errors import UserError
+
+    if not yes and not typer.confirm(f"erase {fact_id} and the facts derived from it? this cannot be undone"):
+        raise UserError("not deleted: confirm, or pass --yes")
+    with _open() as store:
+        gone = store.delete(fact_id, namespace=namespace, reason=reason)
+    console.print(f"deleted {', '.join(gone)}")
+
+
+@facts_app.command("history")
+def history(
+    fact_id: str = typer.Argument(..., help="A fact id."),
+    namespace: str | None = _NS,
+    as_json: bool = typer.Option(False, "--json", help="Print the history as JSON."),
+) -> None:
+    """Every version of a fact (what it replaced, what replaced it) and its audit entries.
+    Example: factflow facts history f-0123"""
+    from rich.table import Table
+
+    from factflow.agent.cli import console
+
+    with _open() as store:
+        h = store.history(fact_id, namespace=namespace)
+    if as_json:
+        print(h.model_dump_json(indent=2))
+        return
+    table = Table("id", "valid from", "valid to", "superseded by", "text")
+    for f in h.versions:
+        table.add_row(
+            f.id,
+            f.valid_from.strftime("%Y-%m-%d %H:%M:%S"),
+            f.valid_to.strftime("%Y-%m-%d %H:%M:%S") if f.valid_to else "-",
+            f.superseded_by or "-",
+            f.text[:80],
+        )
+    console.print(table)
+    for e in h.audit:
+        console.print(
+            f"{e.at:%Y-%m-%d %H:%M:%S} {e.action} {', '.join(e.fact_ids)}: {'; '.join(e.reasons)[:160]}"
+        )

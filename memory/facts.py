@@ -21,6 +21,7 @@ __all__ = [
     "ClaimVerdict",
     "WritebackDecision",
     "AuditEntry",
+    "FactHistory",
     "utcnow",
 ]
 
@@ -114,3 +115,11 @@ class AuditEntry(_Strict):
     fact_ids: list[str] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list)
     decision: WritebackDecision | None = None
+
+
+class FactHistory(_Strict):
+    """Every version of a fact (the supersede chain, oldest first) and the audit entries naming them."""
+
+    fact_id: str
+    versions: list[Fact]
+    audit: list[AuditEntry]

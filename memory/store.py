@@ -8,6 +8,7 @@ ingest, invalidate) and reads by id. The other concepts each have their own file
 | `store_search.py` | hybrid search and the gate's nearest-facts lookup |
 | `store_gate.py`   | write-back gate orchestration (`propose`) |
 | `store_audit.py`  | the audit log (SQLite) |
+| `store_control.py` | user control: invalidate cascade, delete (erasure), history, import |
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from factflow.errors import UserError
-from factflow.memory.facts import AuditEntry, Fact, Origin, ScoredFact, WritebackDecision, utcnow
+from factflow.memory.facts import AuditEntry, Fact, FactHistory, Origin, ScoredFact, WritebackDecision, utcnow
 from factflow.memory.store_audit import AuditLog
 from factflow.memory.store_chroma import (
     NAMESPACE_RE,
@@ -38,6 +39,9 @@ from factflow.memory.store_chroma import (
     unreachable_message,
     validate_namespace,
 )
+from factflow.memory.store_control import delete as delete_fact
+from factflow.memory.store_control import derived_from, import_facts
+from factflow.memory.store_control import history as fact_history
 from factflow.memory.store_gate import default_verifiers
 from factflow.memory.store_gate import propose as gate_propose
 from factflow.memory.store_ingest import check_text, chunk_text, read_document
@@ -167,6 +171,9 @@ class FactStore:
         """Writes this process made to a namespace (a cache key: count alone misses updates)."""
         return self._writes.get(namespace, 0)
 
+    def note_write(self, namespace: str) -> None:
+        self._writes[namespace] = self._writes.get(namespace, 0) + 1
+
     # -- writes ------------------------------------------------------------------------------
 
     def _check_text(self, text: str, what: str = "fact") -> str:
@@ -192,7 +199,7 @@ class FactStore:
             documents=[f.text for f in facts],
             metadatas=[to_meta(f) for f in facts],
         )
-        self._writes[ns] = self._writes.get(ns, 0) + 1
+        self.note_write(ns)
 
     def teach(
         self,
@@ -208,6 +215,18 @@ class FactStore:
         """Store one fact as given (origin human). Teaching a still-valid text again returns it."""
         ns = self.namespace_of(namespace)
         text = self._check_text(text)
+        if supersedes is not None:  # checked before anything is written
+            old = self.get(supersedes, namespace=ns) if ns in self.namespaces() else None
+            if old is None:
+                raise UserError(
+                    f"--supersedes {supersedes!r}: no such fact in namespace {ns!r}; "
+                    "find its id with `factflow facts search`"
+                )
+            if not old.is_valid():
+                raise UserError(
+                    f"--supersedes {supersedes!r}: that fact is no longer valid (superseded by "
+                    f"{old.superseded_by or 'nothing'}); supersede the current version instead"
+                )
         col = self.collection(ns, create=True)
         same = col.get(
             where={"$and": [{"text_sha": text_sha(text)}, {"valid_to": {"$gt": time.time()}}]}, limit=1
@@ -257,7 +276,22 @@ class FactStore:
             if on_batch is not None:
                 on_batch(batch)
         bar.close()
+        self._supersede_old_chunks(ns, facts)
         return facts
+
+    def _supersede_old_chunks(self, ns: str, facts: list[Fact]) -> None:
+        """Re-ingesting an edited file: chunks of its earlier version that the new one doesn't
+        have any more stop being valid (kept for history)."""
+        if not facts:
+            return
+        source_path = facts[0].metadata["source_path"]
+        res = self.collection(ns).get(
+            where={"$and": [{"source_path": source_path}, {"valid_to": {"$gt": time.time()}}]}, include=[]
+        )
+        new_ids = {f.id for f in facts}
+        for old_id in res["ids"]:
+            if old_id not in new_ids:
+                self.invalidate(old_id, namespace=ns, reason=f"superseded by {facts[0].source_ids[0]}")
 
     def invalidate(
         self,
@@ -267,8 +301,10 @@ class FactStore:
         at: datetime | None = None,
         superseded_by: str | None = None,
         reason: str = "",
+        cascade: bool = True,
     ) -> Fact:
-        """End a fact's validity (kept for history, no longer retrieved)."""
+        """End a fact's validity (kept for history, no longer retrieved). With `cascade`, model
+        facts derived from it are invalidated too: their evidence is gone."""
         ns = self.namespace_of(namespace)
         fact = self.get(fact_id, namespace=ns)
         if fact is None:
@@ -276,12 +312,36 @@ class FactStore:
                 f"no fact {fact_id!r} in namespace {ns!r}: check the id with `factflow facts search`"
             )
         at = at or utcnow()
+        derived = derived_from(self, ns, fact_id, valid_only=True) if cascade else []
         self.collection(ns).update(
-            ids=[fact_id], metadatas=[{"valid_to": to_ts(at), "superseded_by": superseded_by or ""}]
+            ids=[fact_id, *(f.id for f in derived)],
+            metadatas=[
+                {"valid_to": to_ts(at), "superseded_by": superseded_by or ""},
+                *({"valid_to": to_ts(at), "superseded_by": ""} for _ in derived),
+            ],
         )
-        self._writes[ns] = self._writes.get(ns, 0) + 1
+        self.note_write(ns)
         self.log(ns, "invalidate", fact.text, [fact_id], [reason or "invalidated"])
+        for f in derived:
+            self.log(ns, "invalidate", f.text, [f.id], [f"derived from invalidated fact {fact_id}"])
         return fact.model_copy(update={"valid_to": at, "superseded_by": superseded_by})
+
+    def derived_facts(self, fact_id: str, *, namespace: str | None = None) -> list[Fact]:
+        """Valid model facts that cite this fact, directly or through other derived facts."""
+        return derived_from(self, self.namespace_of(namespace), fact_id, valid_only=True)
+
+    def delete(self, fact_id: str, *, namespace: str | None = None, reason: str = "") -> list[str]:
+        """Remove a fact and the model facts derived from it, and scrub their text from the
+        audit log (erasure). Returns the deleted ids. `invalidate` keeps history instead."""
+        return delete_fact(self, fact_id, self.namespace_of(namespace), reason)
+
+    def history(self, fact_id: str, *, namespace: str | None = None) -> FactHistory:
+        """The fact's versions (supersede chain, oldest first) and the audit entries naming them."""
+        return fact_history(self, fact_id, self.namespace_of(namespace))
+
+    def import_facts(self, path: str | Path, *, namespace: str | None = None) -> list[Fact]:
+        """Restore facts written by `facts export` (every field kept; same ids are replaced)."""
+        return import_facts(self, path, namespace)
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -68,8 +68,9 @@ class AuditLog:
     def scrub(self, namespace: str, fact_id: str, text: str) -> int:
         """Erase a deleted fact's text from every entry of the namespace; returns entries changed.
 
-        Every string holding the text loses it; an entry that wrote or invalidated this fact also
-        loses its whole `text` (the answer the fact came from quoted it, maybe reworded).
+        Every string holding the text loses it; an entry that names the fact (wrote, cited,
+        invalidated or compared against it) loses all its free text (answer, claims, reasons),
+        since they may quote or reword it. Ids, actions and times stay.
         """
         changed = 0
         with self._lock:
@@ -78,9 +79,7 @@ class AuditLog:
             ).fetchall()
             for row_id, raw in rows:
                 data = json.loads(raw)
-                new = _replace(data, text.strip())
-                if fact_id in new.get("fact_ids", []):
-                    new["text"] = ERASED
+                new = _erase(data) if fact_id in raw else _replace(data, text.strip())
                 if new != data:
                     self._db.execute("UPDATE audit SET entry = ? WHERE id = ?", (json.dumps(new), row_id))
                     changed += 1
@@ -100,6 +99,23 @@ class AuditLog:
         self.add([AuditEntry.model_validate_json(d) for d in docs])
         client.delete_collection(LEGACY_AUDIT_COLLECTION)
         return len(docs)
+
+
+_KEEP = frozenset(
+    ["id", "at", "namespace", "action", "fact_ids", "fact_id", "cited_ids", "duplicate_of", "contradicts"]
+    + ["verifier", "label", "citation_by"]
+)
+
+
+def _erase(value: Any, key: str = "") -> Any:
+    """Every free-text string replaced by ERASED (ids and labels kept)."""
+    if isinstance(value, str):
+        return value if key in _KEEP or not value else ERASED
+    if isinstance(value, list):
+        return [_erase(v, key) for v in value]
+    if isinstance(value, dict):
+        return {k: _erase(v, k) for k, v in value.items()}
+    return value
 
 
 def _replace(value: Any, text: str) -> Any:
