@@ -286,8 +286,14 @@ def mcp(
     run_server(settings, namespace=validate_namespace(namespace or settings.namespace), port=port)
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
+    # `kill`/service stops: unwind normally, so stores close and stop the Chroma server they started
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         app()
     except UserError as exc:

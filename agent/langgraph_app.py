@@ -58,7 +58,8 @@ def _resources(settings: Settings, namespace: str, model: str) -> tuple[Any, Any
 def make_graph(config: RunnableConfig) -> Any:
     """The compiled agent graph for one run's `configurable` (namespace, model); no checkpointer."""
     configurable = dict(config.get("configurable") or {})
-    settings = get_settings()
+    # a long-lived server: share the embedded store (`factflow facts add` works beside it)
+    settings = get_settings().model_copy(update={"store_shared": True})
     namespace = _option(configurable, "namespace", settings.namespace)
     model = _option(configurable, "model", settings.model)
     chat_model, store, playbook = _resources(settings, namespace, model)

@@ -15,6 +15,7 @@ collection's metadata records the exact name, checked on every open.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -246,6 +247,14 @@ def acquire_embedded(path: Path, *, serve: bool = False) -> Any:
             raise
         _EMBEDDED[key] = _Embedded(client, lock, server, 1)
         return client
+
+
+@atexit.register
+def _stop_servers() -> None:
+    """A store left open at exit must not leave its Chroma server running (it has its own session)."""
+    for key, entry in list(_EMBEDDED.items()):
+        entry.refs = 1
+        release_embedded(Path(key))
 
 
 def release_embedded(path: Path) -> None:
