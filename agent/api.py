@@ -62,6 +62,10 @@ class AskResult(_Strict):
     playbook_version: int = 0
     tool_rounds: int = 0
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per graph phase.")
+    writeback_pending: list[str] = Field(
+        default_factory=list,
+        description="Claims waiting for `confirm_writeback` (setting fact_writeback_approval).",
+    )
 
 
 class StreamEvent(_Strict):
@@ -292,7 +296,21 @@ class Agent:
             playbook_version=int(values.get("playbook_version", 0)),
             tool_rounds=int(values.get("tool_rounds", 0)),
             timings=dict(values.get("timings", {})),
+            writeback_pending=self._pending(thread_id),
         )
+
+    def _pending(self, thread_id: str) -> list[str]:
+        waiting = self.graph.get_state(self._config(thread_id)).interrupts
+        return [c for i in waiting if isinstance(i.value, dict) for c in i.value.get("claims", [])]
+
+    def confirm_writeback(self, thread_id: str, approve: bool) -> AskResult:
+        """Approve or decline the write-back a turn paused on (setting fact_writeback_approval)."""
+        from langgraph.types import Command
+
+        if not self._pending(thread_id):
+            raise UserError(f"thread {thread_id!r} has no write-back waiting for approval")
+        values = self.graph.invoke(Command(resume=bool(approve)), self._config(thread_id))
+        return self._result(thread_id, values)
 
     def ask(self, question: str, thread_id: str | None = None) -> AskResult:
         """Answer one question in a thread (a new thread when `thread_id` is None)."""
@@ -378,6 +396,19 @@ class Agent:
             )
         result: Fact = self.store.teach(fact, namespace=self.namespace, source_ids=tuple(source_ids))
         return result
+
+    def forget(self, fact_id: str, *, delete: bool = False, reason: str = "") -> list[str]:
+        """Stop using a fact of the agent's namespace, and the model facts derived from it.
+
+        Default: invalidate (kept for history, never retrieved again). `delete=True` erases them
+        and scrubs their text from the audit log. Returns the affected fact ids.
+        """
+        if delete:
+            gone: list[str] = self.store.delete(fact_id, namespace=self.namespace, reason=reason)
+            return gone
+        derived = [f.id for f in self.store.derived_facts(fact_id, namespace=self.namespace)]
+        self.store.invalidate(fact_id, namespace=self.namespace, reason=reason or "forgotten")
+        return [fact_id, *derived]
 
     # -- threads -----------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from langchain_core.messages import (
 )
 from langchain_core.tools import BaseTool
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Overwrite
+from langgraph.types import Overwrite, interrupt
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from factflow.agent.cite import attribute, citation_model, parse_citations, strip_unknown_markers
@@ -358,6 +358,7 @@ def build_graph(
         used = parse_citations(answer, bullet_ids)
         facts = [f for f in state.get("facts", []) if f["id"] in set(fact_ids)]
         t0 = time.perf_counter()
+        added = False  # citations the system attached, not the model: weaker evidence for the gate
         if not cited and answer and facts:
             if settings.agent_cite_mode == "similarity":
                 cited = attribute(
@@ -368,6 +369,7 @@ def build_graph(
                 used = used or picked_bullets
             if cited:  # the answer carries its sources, like a model that cites by itself
                 answer = f"{answer} " + "".join(f"[{i}]" for i in cited)
+                added = True
         # `messages` ends with the cited answer too (same id: replaces), for chat UIs and Studio
         replace = (
             [AIMessage(content=answer, id=last.id)] if isinstance(last, AIMessage) and answer != raw else []
@@ -376,6 +378,7 @@ def build_graph(
             "messages": replace,
             "answer": answer,
             "cited_fact_ids": cited,
+            "citations_added": added,
             "used_bullet_ids": used,
             "timings": {"cite": time.perf_counter() - t0},
         }
@@ -399,16 +402,28 @@ def build_graph(
     def writeback(state: AgentState) -> dict[str, Any]:
         t0 = time.perf_counter()
         decision: dict[str, Any] | None = None
-        if not state.get("answer", "").strip():
+        answer = state.get("answer", "")
+        if not answer.strip() or not settings.fact_writeback:
             return {"writeback": None, "timings": {"writeback": 0.0}}
+        args = (answer, list(state.get("cited_fact_ids", [])), list(state.get("retrieved_ids", [])))
+        opts: dict[str, Any] = {"namespace": ns, "system_cited": bool(state.get("citations_added"))}
+        if settings.fact_writeback_approval:
+            # The app confirms each write-back: show it what the gate would keep (a dry run, so
+            # re-running this node on resume writes nothing twice), pause, write only if approved.
+            try:
+                preview = store.propose(*args, dry_run=True, **opts)
+            except Exception as exc:  # the gate failing must not lose the answer; it is logged instead
+                log.warning("write-back failed: %s", exc)
+                return {"writeback": None, "timings": {"writeback": time.perf_counter() - t0}}
+            if preview.accepted:
+                kept = [c.claim for c in preview.claims if c.accepted]
+                if not interrupt({"kind": "writeback_approval", "claims": kept}):
+                    store.log(ns, "reject", answer, [], ["write-back declined by the app"])
+                    declined = {**preview.model_dump(mode="json"), "accepted": False, "fact_id": None}
+                    declined.update(fact_ids=[], reasons=["write-back declined by the app"])
+                    return {"writeback": declined, "timings": {"writeback": time.perf_counter() - t0}}
         try:
-            result = store.propose(
-                state.get("answer", ""),
-                list(state.get("cited_fact_ids", [])),
-                list(state.get("retrieved_ids", [])),
-                namespace=ns,
-            )
-            decision = result.model_dump(mode="json")
+            decision = store.propose(*args, **opts).model_dump(mode="json")
         except Exception as exc:  # the gate failing must not lose the answer; it is logged instead
             log.warning("write-back failed: %s", exc)
         return {"writeback": decision, "timings": {"writeback": time.perf_counter() - t0}}

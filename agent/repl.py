@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "/feedback": "/feedback <label>      feedback on the last answer (e.g. correct, wrong: <why>)",
     "/playbook": "/playbook              show the playbook bullets and version",
     "/facts": "/facts [query]         search facts (no query: facts shown in the last turn)",
+    "/forget": "/forget <id> [--delete] stop using a fact and what was derived from it (--delete erases)",
     "/why": "/why                   sources and bullets behind the last answer",
     "/thread": "/thread [id|delete id] show/switch/delete threads",
     "/new": "/new                   start a new thread",
@@ -51,6 +52,7 @@ class Repl:
             "/feedback": self.cmd_feedback,
             "/playbook": self.cmd_playbook,
             "/facts": self.cmd_facts,
+            "/forget": self.cmd_forget,
             "/why": self.cmd_why,
             "/thread": self.cmd_thread,
             "/new": self.cmd_new,
@@ -120,6 +122,16 @@ class Repl:
     def cmd_teach(self, arg: str) -> None:
         fact = self.agent.teach(arg)
         self.console.print(f"taught [cyan]\\[{escape(fact.id)}][/] {escape(fact.text)}")
+
+    def cmd_forget(self, arg: str) -> None:
+        parts = arg.split()
+        erase = "--delete" in parts
+        ids = [p for p in parts if p != "--delete"]
+        if len(ids) != 1:
+            raise UserError("usage: /forget <fact id> [--delete]; find ids with /facts <query>")
+        gone = self.agent.forget(ids[0].strip("[]"), delete=erase)
+        verb = "erased" if erase else "forgot (kept in history)"
+        self.console.print(f"{verb}: {escape(', '.join(gone))}")
 
     def cmd_feedback(self, arg: str) -> None:
         with self.console.status("reflecting and curating..."):

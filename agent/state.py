@@ -72,6 +72,7 @@ class AgentState(TypedDict, total=False):
     # outcome of this turn
     answer: str
     cited_fact_ids: list[str]
+    citations_added: bool  # the system attached the citations, not the model
     used_bullet_ids: list[str]
     writeback: dict[str, Any] | None
     learn: dict[str, Any] | None
