@@ -102,6 +102,9 @@ _S600 = Annotated[str, _cut(600)]
 _Lesson = Annotated[str, _cut_sentences(300)]
 
 
+_ID_PATTERN = r"^[a-z][a-z0-9_]{0,15}-[0-9]{1,9}$"  # the shape of `bullets.parse_bullet_id`
+
+
 class GeneratorOutput(_Out):
     # length caps bound decode time on CPU and keep a rambling small model in check. `reasoning`
     # is the one cap inside the grammar: SmolLM2 otherwise reasons until the 512-token cap on
@@ -109,7 +112,12 @@ class GeneratorOutput(_Out):
     # once per process (xgrammar caches compiled schemas).
     reasoning: Annotated[_S600, Field(json_schema_extra={"maxLength": 600})] = ""
     answer: _S1000
-    bullet_ids: list[str] = Field(default_factory=list, max_length=8)
+    # ids only in the id shape: the grammar enforces the pattern (a cheap regex for xgrammar);
+    # an engine without a grammar may still send prose, which is dropped, not a failed answer
+    bullet_ids: Annotated[
+        list[Annotated[str, Field(json_schema_extra={"pattern": _ID_PATTERN})]],
+        AfterValidator(lambda ids: [i for i in ids if re.fullmatch(_ID_PATTERN, i)]),
+    ] = Field(default_factory=list, max_length=8)
 
 
 class BulletTag(_Out):

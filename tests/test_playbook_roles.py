@@ -206,6 +206,12 @@ def test_generator_output_schema_is_bounded() -> None:
     schema = GeneratorOutput.model_json_schema()
     assert "maxLength" not in schema["properties"]["answer"]  # costly for xgrammar; cut after decoding
     assert schema["properties"]["reasoning"]["maxLength"] == 600  # the one cap worth its compile
+    assert GeneratorOutput(answer="a", bullet_ids=["strat-00001"]).bullet_ids == ["strat-00001"]
+    # only id-shaped strings: the grammar enforces it, prose from an engine without one is dropped
+    assert "pattern" in schema["properties"]["bullet_ids"]["items"]
+    assert GeneratorOutput(answer="a", bullet_ids=["I used the first bullet", "form-00002"]).bullet_ids == [
+        "form-00002"
+    ]
     assert GeneratorOutput(answer="word " * 300).answer == " ".join(["word"] * 200)  # whole words
     assert GeneratorOutput(answer="TagA," * 300).answer == ",".join(["TagA"] * 200)  # whole list items
     assert len(GeneratorOutput(answer="x" * 1500).answer) == 1000  # no boundary at all: cut hard
