@@ -53,20 +53,31 @@ PROXY_CONFIG_KEY = "factflow_proxy"  # key in a prepared vLLM folder's config.js
 
 
 def combine_logits(
-    z_base: torch.Tensor, z_expert: torch.Tensor, z_anti: torch.Tensor, alpha: float, plausibility: float
+    z_base: torch.Tensor,
+    z_expert: torch.Tensor,
+    z_anti: torch.Tensor,
+    alpha: float | torch.Tensor,
+    plausibility: float,
 ) -> torch.Tensor:
     """(..., V) logits of the three models -> (..., V) proxy-tuned logits, in float32.
 
     The one definition both engines use (`ProxySource` here, `ProxyTunedForCausalLM` in vLLM).
-    p_expert(v) >= plausibility * max p_expert is z_expert(v) >= max z_expert + log(plausibility):
-    the softmax's normaliser cancels, so the mask needs no softmax.
+    The steer is the pair's difference of *log-probabilities*, log p_expert - log p_anti: over the
+    whole vocabulary that is the paper's z_expert - z_anti up to a per-row constant, which softmax
+    ignores; on the masked subset a raw-logit difference would leak each model's logit offset in as
+    a bias, the log-probabilities don't. p_expert(v) >= plausibility * max p_expert is
+    z_expert(v) >= max z_expert + log(plausibility) (the normaliser cancels). `alpha` is a number
+    or one per row, (...,) ; rows with alpha 0 get the base's logits exactly.
     """
     z_base, z_expert, z_anti = z_base.float(), z_expert.float(), z_anti.float()
-    steer = z_expert - z_anti
+    steer = torch.log_softmax(z_expert, dim=-1) - torch.log_softmax(z_anti, dim=-1)
     if plausibility > 0.0:
         floor = z_expert.amax(dim=-1, keepdim=True) + math.log(plausibility)  # (..., 1)
         steer = steer.masked_fill(z_expert < floor, 0.0)
-    return z_base + alpha * steer
+    if not isinstance(alpha, torch.Tensor):
+        return z_base if alpha == 0.0 else z_base + alpha * steer
+    a = alpha.to(device=z_base.device, dtype=torch.float32)[..., None]  # (..., 1)
+    return torch.where(a == 0.0, z_base, z_base + a * steer)
 
 
 def _read_hf_config(folder: Path) -> dict[str, Any]:

@@ -8,10 +8,18 @@ actually builds one of these models.
 
 from __future__ import annotations
 
-__all__ = ["register", "REFT_ARCHITECTURE", "PROXY_ARCHITECTURE"]
+import json
+from pathlib import Path
+
+__all__ = ["register", "plugin_server_args", "REFT_ARCHITECTURE", "PROXY_ARCHITECTURE", "REFT_ADAPTERS_KEY",
+           "REFT_DEFAULT_KEY"]
 
 REFT_ARCHITECTURE = "FactflowReftLlamaForCausalLM"  # serving/vllm_reft.py
 PROXY_ARCHITECTURE = "FactflowProxyTunedForCausalLM"  # serving/vllm_proxy.py
+REFT_ADAPTERS_KEY = "factflow_reft_adapters"  # prepared folder's config.json: {name: adapter folder}
+REFT_DEFAULT_KEY = "factflow_reft_default"  # adapter of requests that name none (null: the base)
+_STEERING_PROCESSOR = "factflow.serving.vllm_steering:SteeringArgs"
+_ADAPTERS_ENV = "FACTFLOW_ADAPTERS"  # read by SteeringArgs.validate_params in the API server
 
 
 def register() -> None:
@@ -24,3 +32,28 @@ def register() -> None:
         ModelRegistry.register_model(
             PROXY_ARCHITECTURE, "factflow.serving.vllm_proxy:ProxyTunedForCausalLM"
         )
+
+
+def plugin_server_args(model: str | Path) -> tuple[list[str], dict[str, str]]:
+    """Extra vLLM arguments and environment a factflow plugin folder needs; nothing for other models.
+
+    Both plugin models take per-request settings (adapter name, alpha) through the logits processor
+    `serving/vllm_steering.py:SteeringArgs`, which the API server also uses to reject unknown
+    adapter names with the list of loaded ones. A LoReFT adapter changes every later layer's keys
+    and values, so cached prompt blocks must never be shared between adapters: automatic prefix
+    caching is turned off on an adapter server (vLLM's `cache_salt` per request would also
+    separate them, but only a client that sends it).
+    """
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return [], {}
+    hf = json.loads(config.read_text())
+    arch = (hf.get("architectures") or [""])[0]
+    if arch == PROXY_ARCHITECTURE:
+        return ["--logits-processors", _STEERING_PROCESSOR], {}
+    if arch == REFT_ARCHITECTURE:
+        names = sorted(hf.get(REFT_ADAPTERS_KEY) or {})
+        return ["--logits-processors", _STEERING_PROCESSOR, "--no-enable-prefix-caching"], {
+            _ADAPTERS_ENV: json.dumps(names)
+        }
+    return [], {}

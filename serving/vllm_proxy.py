@@ -2,8 +2,10 @@
 
     logits = z_base + alpha * (z_expert - z_anti) * mask    (Liu et al., 2024, eq. 1, + mask)
 
-(`factflow.serving.proxy.combine_logits`, the same function the transformers engine uses; the mask
-keeps the steer to tokens the expert finds plausible, see that module.)
+(`factflow.serving.proxy.combine_logits`, the same function the transformers engine uses: the
+steer is the pair's log-probability ratio, masked to tokens the expert finds plausible, see that
+module.) alpha is the config's, or per request: `vllm_xargs={"factflow_alpha": 0.5}`
+(`serving/vllm_steering.py`); 0 gives that request the base's logits exactly.
 
 vLLM schedules, batches and pages one "model"; this class is that model. Its three
 `LlamaForCausalLM` submodules (prefixes `base.`, `expert.`, `anti_expert.`) register their attention
@@ -34,6 +36,7 @@ from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.model_executor.models.utils import maybe_prefix
 
 from factflow.serving.proxy import PROXY_CONFIG_KEY, combine_logits
+from factflow.serving.vllm_steering import ROWS, request_settings
 
 __all__ = ["ProxyTunedForCausalLM"]
 
@@ -100,6 +103,7 @@ class ProxyTunedForCausalLM(nn.Module):
             prefix=maybe_prefix(prefix, "anti_expert"),
         )
         self.make_empty_intermediate_tensors = self.base.make_empty_intermediate_tensors
+        self.shared_head = False  # decided once the weights are loaded
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.base.embed_input_ids(input_ids)
@@ -119,12 +123,32 @@ class ProxyTunedForCausalLM(nn.Module):
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         h_base, h_expert, h_anti = hidden_states.split(self.hidden, dim=-1)  # 3 x (n, H)
-        z_base = self.base.compute_logits(h_base)
-        z_expert = self.expert.compute_logits(h_expert)
-        z_anti = self.anti_expert.compute_logits(h_anti)
-        if z_base is None or z_expert is None or z_anti is None:
-            return None
-        return combine_logits(z_base, z_expert, z_anti, self.alpha, self.plausibility)  # (n, V)
+        n = h_base.shape[0]
+        if self.shared_head:  # one (3n, H) x (H, V) product instead of three
+            z = self.base.compute_logits(torch.cat([h_base, h_expert, h_anti], dim=0))
+            if z is None:
+                return None
+            z_base, z_expert, z_anti = z.split(n, dim=0)
+        else:
+            z_base = self.base.compute_logits(h_base)
+            z_expert = self.expert.compute_logits(h_expert)
+            z_anti = self.anti_expert.compute_logits(h_anti)
+            if z_base is None or z_expert is None or z_anti is None:
+                return None
+        return combine_logits(z_base, z_expert, z_anti, self._alphas(n), self.plausibility)  # (n, V)
+
+    def _alphas(self, n: int) -> float | torch.Tensor:
+        """The server's alpha, or one per row where requests set `factflow_alpha`.
+
+        The n rows are the step's requests in vLLM's batch order (one sampled position each), the
+        order `SteeringArgs` tracks.
+        """
+        if not ROWS.active:
+            return self.alpha
+        alphas = [self.alpha if row.alpha is None else row.alpha for row in request_settings(n)]
+        if all(a == self.alpha for a in alphas):
+            return self.alpha
+        return torch.tensor(alphas)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """`weights` are the prepared folder's (the base's); the pair's come from their folders."""
@@ -136,4 +160,10 @@ class ProxyTunedForCausalLM(nn.Module):
         ):
             module: LlamaForCausalLM = getattr(self, role)
             loaded |= {f"{role}.{name}" for name in module.load_weights(weights_iter)}
+        # A pair made by `factflow proxy distill/tune` keeps the base's (frozen, tied) head: then the
+        # three heads are one and `compute_logits` applies it once to all three hidden states.
+        self.shared_head = all(
+            torch.equal(self.base.lm_head.weight, getattr(self, role).lm_head.weight)
+            for role in ("expert", "anti_expert")
+        )
         return loaded

@@ -19,6 +19,7 @@ from types import TracebackType
 import httpx
 
 from factflow.errors import UserError
+from factflow.serving.vllm_plugin import plugin_server_args
 
 __all__ = ["VLLMServer", "free_port", "wait_healthy", "SERVED_MODEL_NAME"]
 
@@ -97,6 +98,7 @@ class VLLMServer:
             "--port", str(self.port),
             "--dtype", self.dtype,
             "--max-model-len", str(self.max_model_len),
+            *plugin_server_args(self.model)[0],
             *self.extra_args,
         ]  # fmt: skip
 
@@ -113,6 +115,7 @@ class VLLMServer:
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            **plugin_server_args(self.model)[1],  # factflow's plugin folders (LoReFT, proxy)
             **self.env,
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,26 +30,44 @@ def make_lm(path: Path, base: str, expert: Path, anti: Path, alpha: float) -> Pr
 
 
 # -- pure logic ----------------------------------------------------------------------------------
-def test_combine_is_base_plus_alpha_times_difference() -> None:
+def test_combine_is_base_plus_alpha_times_log_ratio() -> None:
     zb, ze, za = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 0.0]]), torch.tensor([[1.0, 2.0]])
-    assert torch.equal(combine_logits(zb, ze, za, 0.5, 0.0), torch.tensor([[2.0, 1.0]]))
+    ratio = torch.log_softmax(ze, -1) - torch.log_softmax(za, -1)
+    assert torch.allclose(combine_logits(zb, ze, za, 0.5, 0.0), zb + 0.5 * ratio)
+    # without the mask the log-ratio is the paper's logit difference up to a per-row constant
+    paper = torch.softmax(zb + 0.5 * (ze - za), -1)
+    assert torch.allclose(torch.softmax(combine_logits(zb, ze, za, 0.5, 0.0), -1), paper)
     assert torch.equal(combine_logits(zb, ze, za, 0.0, 0.1), zb)
     src = ProxySource.__new__(ProxySource)
     src.alpha, src.plausibility = 0.5, 0.0
-    assert torch.equal(src.combine(zb, ze, za), torch.tensor([[2.0, 1.0]]))
+    assert torch.allclose(src.combine(zb, ze, za), zb + 0.5 * ratio)
 
 
-def test_plausibility_steers_only_tokens_the_expert_finds_plausible() -> None:
+def test_alpha_per_row_and_zero_rows_are_the_base_exactly() -> None:
+    torch.manual_seed(0)
+    zb, ze, za = (torch.randn(3, 50) * 5 for _ in range(3))
+    out = combine_logits(zb, ze, za, torch.tensor([0.0, 1.0, -2.0]), 0.1)
+    assert torch.equal(out[0], zb[0])
+    assert torch.equal(out[1], combine_logits(zb[1:2], ze[1:2], za[1:2], 1.0, 0.1)[0])
+    assert torch.equal(out[2], combine_logits(zb[2:3], ze[2:3], za[2:3], -2.0, 0.1)[0])
+
+
+def test_plausibility_mask_is_blind_to_each_models_logit_offset() -> None:
     # expert probabilities [0.64, 0.24, 0.12, 0.00002]: with plausibility 0.25 tokens 0 and 1 are
     # steered (1 sits at 0.37 x the top); token 2 (0.19 x) is not, nor token 3, the noisy tail the
-    # mask exists for: a +10 log-ratio that would otherwise win
+    # mask exists for: a large log-ratio that would otherwise win
     zb = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
     ze = torch.log(torch.tensor([[0.64, 0.24, 0.12, 0.00002]]))
     za = ze - torch.tensor([[1.0, 2.0, 3.0, 10.0]])
+    ratio = torch.log_softmax(ze, -1) - torch.log_softmax(za, -1)
     out = combine_logits(zb, ze, za, 1.0, 0.25)
-    assert torch.allclose(out, torch.tensor([[1.0, 2.0, 0.0, 0.0]]))
-    assert torch.allclose(combine_logits(zb, ze, za, 1.0, 0.0), torch.tensor([[1.0, 2.0, 3.0, 10.0]]))
+    assert torch.allclose(out, ratio * torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
     assert int(combine_logits(zb, ze, za, 1.0, 0.0).argmax()) == 3  # without the mask the tail wins
+    # shifting a model's logits by a constant changes nothing: the steer on the plausible subset is
+    # a difference of log-probabilities (raw logits on a subset would add the shift as a bias)
+    for shift in (-7.0, 30.0):
+        assert torch.allclose(combine_logits(zb, ze + shift, za, 1.0, 0.25), out, atol=1e-5)
+        assert torch.allclose(combine_logits(zb, ze, za - shift, 1.0, 0.25), out, atol=1e-5)
 
 
 # -- config validation ---------------------------------------------------------------------------

