@@ -46,7 +46,7 @@ def manifest(mode: str, **changes: Any) -> Manifest:
 
 
 def test_constrained_and_prompt_modes_on_the_default_model(hf_chat, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    chat = hf_chat.model_copy(update={"max_new_tokens": 96})
+    chat = hf_chat.model_copy(update={"max_new_tokens": 48})
     case = [c for c in load_category("simple_python") if c.id == "simple_python_0"]
     by_mode = {}
     rows_by_mode = {}
