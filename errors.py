@@ -25,5 +25,7 @@ def format_validation_error(exc: object, prefix: str = "FACTFLOW_") -> str:
         field = ".".join(str(p) for p in err.get("loc", ()))
         value = err.get("input")
         shown = f"={value!r}" if value is not None and not isinstance(value, dict) else ""
-        parts.append(f"invalid setting {prefix}{field.upper()}{shown}: {err.get('msg')}")
+        # env names are FACTFLOW_MAX_NEW_TOKENS, CLI options --max-new-tokens
+        name = field.replace("_", "-") if prefix == "--" else field.upper()
+        parts.append(f"invalid setting {prefix}{name}{shown}: {err.get('msg')}")
     return "; ".join(parts)
