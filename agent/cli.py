@@ -135,7 +135,11 @@ def serve(
     model: str | None = typer.Option(None, help="Model folder or 'default' (else FACTFLOW_MODEL)."),
     host: str | None = typer.Option(None, help="Interface to listen on (default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default FACTFLOW_PORT, 8765)."),
-    reft: Path | None = typer.Option(None, help="Serve with this LoReFT adapter folder applied."),
+    reft: list[str] | None = typer.Option(
+        None,
+        help="LoReFT adapter: DIR (applied to every request) or NAME=DIR, repeatable (each request picks "
+        "one with vllm_xargs {'factflow_adapter': NAME}; none = the base).",
+    ),
     proxy: Path | None = typer.Option(None, help="Serve proxy-tuned decoding from this config file."),
     eager: bool = typer.Option(False, help="Skip torch.compile: starts faster, decodes slower."),
     agent: bool = typer.Option(
@@ -145,19 +149,20 @@ def serve(
     """Start vLLM's OpenAI-compatible server on the configured model, or with --agent the agent
     itself. Examples: factflow serve --port 8000; factflow serve --agent"""
     if agent:
-        _serve_agent(model, host, port, reft, proxy)
+        _serve_agent(model, host, port, Path(reft[0]) if reft else None, proxy)
         return
     from factflow.serving.models import resolve_model
     from factflow.serving.vllm_server import VLLMServer
 
     settings = load_settings(model=model, host=host, port=port)
-    if reft is not None and proxy is not None:
+    if reft and proxy is not None:
         raise UserError("--reft and --proxy can't be combined: pick one weight-side route")
     served = resolve_model(settings)
-    if reft is not None:
-        from factflow.serving.reft import reft_served_model
+    if reft:
+        from factflow.serving.reft import parse_adapter_specs, reft_served_model
 
-        served = reft_served_model(served, reft, settings.home)
+        adapters, default = parse_adapter_specs(reft)
+        served = reft_served_model(served, adapters, settings.home, default=default)
     elif proxy is not None:
         from factflow.serving.proxy_prepare import proxy_served_model
 
@@ -171,7 +176,7 @@ def serve(
         max_model_len=settings.context_window,
         # Plugin models run eager: LoReFT matches transformers compiled too (bench/reft.py, docs/reft.md)
         # but no test serves it compiled yet, and proxy-tuning is verified in eager mode only.
-        extra_args=["--enforce-eager"] if eager or reft is not None or proxy is not None else [],
+        extra_args=["--enforce-eager"] if eager or reft or proxy is not None else [],
         log_path=settings.home / "logs" / f"vllm-{settings.port}.log",
     )
     # vLLM runs in its own process group, so a plain SIGTERM to us would orphan it (seen: `kill` of

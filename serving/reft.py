@@ -24,7 +24,12 @@ from factflow.serving.reft_adapter import (
     ReftHandle,
     reft_chat_model,
 )
-from factflow.serving.reft_prepare import prepare_vllm_folder, reft_served_model
+from factflow.serving.reft_prepare import (
+    parse_adapter_specs,
+    prepare_vllm_adapters,
+    prepare_vllm_folder,
+    reft_served_model,
+)
 from factflow.serving.reft_train import (
     TrainConfig,
     TrainReport,
@@ -50,6 +55,8 @@ __all__ = [
     "greedy_generate",
     "recall",
     "prepare_vllm_folder",
+    "prepare_vllm_adapters",
+    "parse_adapter_specs",
     "reft_served_model",
     "reft_chat_model",
     "ADAPTER_CONFIG",

@@ -28,6 +28,7 @@ import copy
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -162,8 +163,9 @@ class ProxyTunedForCausalLM(nn.Module):
             loaded |= {f"{role}.{name}" for name in module.load_weights(weights_iter)}
         # A pair made by `factflow proxy distill/tune` keeps the base's (frozen, tied) head: then the
         # three heads are one and `compute_logits` applies it once to all three hidden states.
+        head = cast(torch.Tensor, self.base.lm_head.weight)
         self.shared_head = all(
-            torch.equal(self.base.lm_head.weight, getattr(self, role).lm_head.weight)
+            torch.equal(head, cast(torch.Tensor, getattr(self, role).lm_head.weight))
             for role in ("expert", "anti_expert")
         )
         return loaded

@@ -210,3 +210,68 @@ def test_pairs_end_with_the_templates_end_of_turn(base) -> None:
     assert batch.ids.shape == batch.labels.shape and int(batch.starts[0]) == pair.start
     assert (batch.labels[0, : pair.start] == -100).all()  # no loss on the question
     assert batch.labels[0, pair.start : len(pair.ids)].tolist() == pair.ids[pair.start :]
+
+
+def test_stacked_adapters_edit_each_token_with_its_own_entry() -> None:
+    """vLLM's stacked form (serving/vllm_reft.py): token t gets LoReFT of entry[t], entry 0 none."""
+    pytest.importorskip("vllm")
+    from factflow.serving.vllm_reft import StackedLoReFT
+
+    torch.manual_seed(0)
+    d = 16
+    ivs = [LoReFT(d, r).eval() for r in (2, 4)]  # different ranks: padded with zero rows
+    with torch.no_grad():
+        for iv in ivs:
+            iv.source.weight.normal_()
+            iv.source.bias.normal_()
+    blocks = [(iv.R.detach(), iv.source.weight.detach(), iv.source.bias.detach()) for iv in ivs]
+    entries = torch.zeros(10, dtype=torch.long)
+    # entry 2 belongs to an adapter that does not edit this layer
+    stack = StackedLoReFT([blocks[0], None, blocks[1]], d, 4, entries)
+    h = torch.randn(6, d)
+    entries[:6] = torch.tensor([0, 1, 2, 3, 1, 3])
+    with torch.no_grad():
+        got = h + stack.delta(h)
+        want = torch.stack([h[0], ivs[0](h[1]), h[2], ivs[1](h[3]), ivs[0](h[4]), ivs[1](h[5])])
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(got[0], h[0]) and torch.equal(got[2], h[2])  # no entry: untouched exactly
+
+
+def test_reft_flag_specs(tmp_path: Path) -> None:
+    from factflow.serving.reft import parse_adapter_specs
+
+    assert parse_adapter_specs([str(tmp_path / "facts")]) == ({"facts": tmp_path / "facts"}, "facts")
+    named = parse_adapter_specs(["a=/x/one", "b=/x/two"])
+    assert named == ({"a": Path("/x/one"), "b": Path("/x/two")}, None)  # unnamed requests: the base
+    with pytest.raises(UserError, match="NAME=DIR"):
+        parse_adapter_specs(["a=/x/one", "/x/two"])
+    with pytest.raises(UserError, match="twice"):
+        parse_adapter_specs(["a=/x/one", "a=/x/two"])
+
+
+def test_request_rows_follow_vllms_batch_updates() -> None:
+    """SteeringArgs keeps row -> request settings through adds, removals, moves and swaps."""
+    pytest.importorskip("vllm")
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    from factflow.serving.vllm_steering import ROWS, SteeringArgs, request_settings
+
+    proc = SteeringArgs.__new__(SteeringArgs)  # __init__ only resets the shared table
+    SteeringArgs.__init__(proc, None, torch.device("cpu"), False)  # type: ignore[arg-type]
+
+    def params(**extra: object) -> SamplingParams:
+        return SamplingParams(extra_args=dict(extra) or None)
+
+    proc.update_state(BatchUpdate(3, [], [(0, params(factflow_adapter="a"), [1, 2, 3], []),
+                                         (1, params(), [1], []),
+                                         (2, params(factflow_alpha=0), [1, 2], [])], []))  # fmt: skip
+    assert [(r.adapter, r.alpha, r.prompt_len) for r in request_settings(3)] == [
+        ("a", None, 3), (None, None, 1), (None, 0.0, 2)
+    ]
+    proc.update_state(BatchUpdate(2, [1], [], [(2, 1, MoveDirectionality.UNIDIRECTIONAL)]))
+    assert [r.alpha for r in request_settings(2)] == [None, 0.0] and 2 not in ROWS.rows
+    proc.update_state(BatchUpdate(2, [], [], [(0, 1, MoveDirectionality.SWAP)]))
+    assert [r.adapter for r in request_settings(2)] == [None, "a"]
+    with pytest.raises(ValueError, match="factflow_alpha"):
+        SteeringArgs.validate_params(params(factflow_alpha="strong"))
