@@ -55,6 +55,7 @@ class StackedLoReFT(nn.Module):
     A: torch.Tensor
     b: torch.Tensor
     R: torch.Tensor
+    entries: torch.Tensor
 
     def __init__(self, blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None], d: int, r: int,
                  entries: torch.Tensor) -> None:  # fmt: skip
@@ -72,7 +73,8 @@ class StackedLoReFT(nn.Module):
         self.register_buffer("A", A.reshape(E * r, d).T.contiguous().to(dtype), persistent=False)  # (d, E r)
         self.register_buffer("b", b.reshape(E * r).to(dtype), persistent=False)  # (E r,)
         self.register_buffer("R", R.reshape(E * r, d).to(dtype), persistent=False)  # (E r, d)
-        self.entries = entries  # (max tokens,) long, shared by every layer; 0 = no edit
+        # (max tokens,) long, one tensor shared by every layer and the model; 0 = no edit
+        self.register_buffer("entries", entries, persistent=False)
 
     def delta(self, h: torch.Tensor) -> torch.Tensor:
         T = h.shape[0]  # noqa: N806
@@ -146,6 +148,13 @@ class ReftLlamaForCausalLM(LlamaForCausalLM):
             stack = StackedLoReFT(blocks, d, r, self.reft_entries)
             self.reft[str(layer)] = stack
             self._reft_hooks.append(self.model.layers[layer].register_forward_hook(stack.hook))
+
+    def load_weights(self, weights: Any) -> set[str]:
+        loaded = super().load_weights(weights)
+        # a device move during loading copies each buffer registration apart: share one tensor again
+        for stack in self.reft.values():
+            stack.entries = self.reft_entries
+        return set(loaded)
 
     def forward(
         self, input_ids: torch.Tensor | None, positions: torch.Tensor, *args: Any, **kwargs: Any

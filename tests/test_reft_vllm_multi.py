@@ -38,10 +38,11 @@ CONFIGS = {
 MAX_TOKENS = 12
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["eager", "compiled"])
 def served(
-    model_path: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, model_path: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, dict[str, Path]]]:
+    """One server per mode: eager (what `factflow serve --reft` runs) and torch.compile'd."""
     pytest.importorskip("vllm")
     from factflow.serving.hf_engine import load_hf_model
     from factflow.serving.vllm_server import VLLMServer
@@ -50,7 +51,7 @@ def served(
     root = tmp_path_factory.mktemp("adapters")
     folders = {n: random_adapter(cfg, model, i, root / n) for i, (n, cfg) in enumerate(CONFIGS.items())}
     folder = reft_served_model(model_path, folders, root / "home")
-    with VLLMServer(folder, extra_args=["--enforce-eager"]) as server:
+    with VLLMServer(folder, extra_args=["--enforce-eager"] if request.param == "eager" else []) as server:
         yield server.base_url, folders
 
 
