@@ -18,6 +18,7 @@ from factflow.serving.reft import (
     ReftConfig,
     TrainConfig,
     load_examples,
+    prepare_vllm_adapters,
     prepare_vllm_folder,
     train_reft,
 )
@@ -177,9 +178,14 @@ def test_prepare_vllm_folder(base, tmp_path: Path) -> None:
     from transformers import AutoConfig
 
     ReftAdapter.load(ad).check_base(AutoConfig.from_pretrained(out))
+    assert cfg["factflow_reft_adapters"] == {"ad": str(ad.resolve())} and cfg["factflow_reft_default"] == "ad"
+    # prefix+suffix adapters are served too (positions come from each request's prompt length)
     ps = ReftAdapter.for_model(ReftConfig(layers=[2], rank=2, positions="prefix+suffix"), model)
-    with pytest.raises(UserError, match="positions='prefix\\+suffix'"):
-        prepare_vllm_folder(path, ps.save(tmp_path / "ps"), tmp_path / "served2")
+    two = prepare_vllm_adapters(path, {"all": ad, "ps": ps.save(tmp_path / "ps")}, tmp_path / "served2")
+    cfg2 = json.loads((two / "config.json").read_text())
+    assert sorted(cfg2["factflow_reft_adapters"]) == ["all", "ps"] and cfg2["factflow_reft_default"] is None
+    with pytest.raises(UserError, match="not 'base'"):
+        prepare_vllm_adapters(path, {"base": ad}, tmp_path / "served3")
 
 
 def test_served_folders_are_keyed_by_content_not_file_name(base, tmp_path: Path) -> None:
