@@ -7,6 +7,9 @@ Measures on this machine:
     random unit vectors and real, distinct texts (embedding 100k sentences with MiniLM on 2
     cores takes far longer than the rest of the run); queries are real embeddings, so HNSW and
     BM25 do their full work. `--real-embeddings` embeds the scale facts too;
+  * "write one fact, then search" p50 at each size: the lexical index following the write
+    (what the store does) beside rebuilding it from the namespace, with the load average
+    printed (numbers under load are only indicative);
   * write-back gate latency per claim for each verifier (grounding, novelty+contradiction
     lookup, NLI when `--nli DIR` or FACTFLOW_FACT_NLI_MODEL names a local model, LLM judge on
     the default model unless `--no-judge`).
@@ -95,7 +98,9 @@ def bench_ingest(store: FactStore, tmp: Path, n_chunks: int) -> dict[str, Any]:
     return {"chunks": len(facts), "seconds": dt, "chunks_per_s": len(facts) / dt}
 
 
-def bench_search(store: FactStore, size: int, n_queries: int, real: bool) -> dict[str, Any]:
+def bench_search(
+    store: FactStore, size: int, n_queries: int, real: bool, n_writes: int = 20
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     ns = f"bench-{size}"
@@ -127,13 +132,33 @@ def bench_search(store: FactStore, size: int, n_queries: int, real: bool) -> dic
         hits = store.search(q, k=5, namespace=ns)
         lat.append(time.perf_counter() - t)
         assert hits, "search returned nothing"
+    after_write = _write_then_search(store, ns, qs, n_writes)
     return {
         "size": size,
         "p50_ms": _pct(lat, 50),
         "p95_ms": _pct(lat, 95),
         "index_build_s": build,
         "embeddings": "real" if real else "random",
+        **after_write,
     }
+
+
+def _write_then_search(store: FactStore, ns: str, qs: list[str], n_writes: int) -> dict[str, float]:
+    """Search latency right after teaching one fact: the lexical index follows the write
+    (incremental, what the store does) vs rebuilding it from the namespace (what a write used
+    to cost the next search), side by side in this run."""
+    out: dict[str, float] = {}
+    for mode, reps in (("incremental", n_writes), ("rebuild", max(1, n_writes // 10))):
+        lat = []
+        for i in range(reps):
+            store.teach(f"Bench note {mode} {i}: the {WORDS[i % len(WORDS)]} was checked.", namespace=ns)
+            if mode == "rebuild":
+                store.lexical_caches.pop(ns, None)
+            t = time.perf_counter()
+            store.search(qs[i % len(qs)], k=5, namespace=ns)
+            lat.append(time.perf_counter() - t)
+        out[f"after_write_{mode}_p50_ms"] = _pct(lat, 50)
+    return out
 
 
 def bench_gate(store: FactStore, verifiers: dict[str, Verifier], n_claims: int) -> dict[str, float]:
@@ -178,6 +203,7 @@ def run(
     real: bool,
     n_claims: int,
     threads: int,
+    n_writes: int = 20,
 ) -> dict[str, Any]:
     import torch
 
@@ -188,7 +214,7 @@ def run(
         with FactStore.open(settings) as store:
             store.embed(["warm up"])
             result: dict[str, Any] = {"ingest": bench_ingest(store, Path(tmp), ingest_chunks)}
-            result["search"] = [bench_search(store, n, n_queries, real) for n in sizes]
+            result["search"] = [bench_search(store, n, n_queries, real, n_writes) for n in sizes]
             verifiers: dict[str, Verifier] = {"grounding": GroundingVerifier()}
             if nli:
                 verifiers["nli"] = NLIVerifier(nli)
@@ -201,6 +227,9 @@ def run(
             result["gate_ms_per_claim"] = bench_gate(store, verifiers, n_claims)
             if not nli:
                 result["gate_ms_per_claim"]["nli"] = None
+    import os
+
+    result["loadavg"] = list(os.getloadavg())  # numbers under load are only indicative
     return result
 
 
@@ -219,11 +248,17 @@ def _table(r: dict[str, Any]) -> None:
             f"{s['p50_ms']:.1f} / {s['p95_ms']:.1f} ms (BM25 index build {s['index_build_s']:.1f} s, "
             f"{s['embeddings']} fact vectors)",
         )
+        inc, reb = s["after_write_incremental_p50_ms"], s["after_write_rebuild_p50_ms"]
+        t.add_row(
+            f"write one fact, then search p50 @ {s['size']:,}",
+            f"{inc:.1f} ms incremental index vs {reb:.1f} ms rebuilt index ({reb / max(inc, 1e-9):.0f}x)",
+        )
     for name, ms in r["gate_ms_per_claim"].items():
         t.add_row(
             f"gate: {name}",
             "n/a (no local NLI model; pass --nli DIR)" if ms is None else f"{ms:.1f} ms/claim",
         )
+    t.add_row("load average (1/5/15 min) at the end", " / ".join(f"{x:.2f}" for x in r["loadavg"]))
     Console().print(t)
 
 
@@ -237,6 +272,9 @@ def main() -> None:
     ap.add_argument("--no-judge", action="store_true", help="Skip the LLM judge (loads the default model).")
     ap.add_argument("--real-embeddings", action="store_true", help="Embed the scale facts with MiniLM too.")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared box).")
+    ap.add_argument(
+        "--writes", type=int, default=20, help="Write-then-search rounds (rebuild mode: a tenth)."
+    )
     ap.add_argument("--json", type=Path, default=None, help="Also write the raw numbers here.")
     a = ap.parse_args()
     r = run(
@@ -248,6 +286,7 @@ def main() -> None:
         a.real_embeddings,
         a.claims,
         a.threads,
+        a.writes,
     )
     _table(r)
     if a.json:

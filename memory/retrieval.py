@@ -30,10 +30,16 @@ def tokenize(texts: list[str]) -> list[list[str]]:
 
 @dataclass
 class LexicalIndex:
-    """A BM25 index over one namespace's facts; rebuilt when the namespace changes."""
+    """A BM25 index over one namespace's facts (bm25s, Lucene variant: k1 1.5, b 0.75).
+
+    `score_extra` scores documents outside the index with the index's own corpus statistics
+    (document count, document frequencies, mean length), so facts written after the build can
+    join a ranking without rebuilding it.
+    """
 
     ids: list[str]
     _retriever: object | None = None
+    avgdl: float = 1.0
 
     @classmethod
     def build(cls, ids: list[str], texts: list[str]) -> LexicalIndex:
@@ -42,12 +48,34 @@ class LexicalIndex:
         index = cls(ids=list(ids))
         if ids:
             retriever = bm25s.BM25()
-            retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+            tokenized = bm25s.tokenize(texts, stopwords="en", show_progress=False)
+            retriever.index(tokenized, show_progress=False)
             index._retriever = retriever
+            index.avgdl = max(1.0, sum(len(doc) for doc in tokenized.ids) / len(ids))
         return index
 
-    def search(self, query: str, k: int, mask: np.ndarray | None = None) -> list[str]:
-        """Ids of the top-k docs with a positive BM25 score; `mask` (0/1 per doc) filters."""
+    def score_extra(self, docs: list[list[str]], query: str, k1: float = 1.5, b: float = 0.75) -> np.ndarray:
+        """BM25 score of each tokenized doc (see `tokenize`) for the query, with this index's
+        statistics (a term the index never saw counts as in one document)."""
+        out = np.zeros(len(docs), dtype=np.float32)
+        q = [t for t in tokenize([query])[0] if t]
+        if not docs or not q:
+            return out
+        n = len(self.ids)
+        vocab: dict[str, int] = getattr(self._retriever, "vocab_dict", {}) or {}
+        indptr = self._retriever.scores["indptr"] if self._retriever is not None else None  # type: ignore[attr-defined]
+        for term in set(q):
+            t = vocab.get(term)
+            df = int(indptr[t + 1] - indptr[t]) if t is not None and indptr is not None else 0
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            for i, doc in enumerate(docs):
+                tf = doc.count(term)
+                if tf:
+                    out[i] += idf * tf / (tf + k1 * (1 - b + b * len(doc) / self.avgdl))
+        return out
+
+    def search_scored(self, query: str, k: int, mask: np.ndarray | None = None) -> list[tuple[str, float]]:
+        """(id, BM25 score) of the top-k docs with a positive score; `mask` (0/1 per doc) filters."""
         if self._retriever is None or not self.ids:
             return []
         tokens = tokenize([query])
@@ -57,7 +85,11 @@ class LexicalIndex:
         docs, scores = self._retriever.retrieve(  # type: ignore[attr-defined]
             tokens, k=k, show_progress=False, weight_mask=mask, n_threads=1
         )
-        return [self.ids[int(d)] for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+        return [(self.ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+
+    def search(self, query: str, k: int, mask: np.ndarray | None = None) -> list[str]:
+        """Ids of the top-k docs with a positive BM25 score; `mask` (0/1 per doc) filters."""
+        return [d for d, _ in self.search_scored(query, k, mask)]
 
 
 def rrf_fuse(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> list[tuple[str, float, list[int | None]]]:

@@ -69,7 +69,6 @@ class FactStore:
         self.embedded_path = embedded_path
         self._cols: dict[str, Any] = {}
         self.lexical_caches: dict[str, LexicalCache] = {}
-        self._writes: dict[str, int] = {}
         self._closed = False
         self._verifiers: list[Verifier] | None = None
         if audit_path is None:
@@ -167,12 +166,25 @@ class FactStore:
     def count(self, namespace: str | None = None) -> int:
         return int(self.collection(namespace).count())
 
-    def write_count(self, namespace: str) -> int:
-        """Writes this process made to a namespace (a cache key: count alone misses updates)."""
-        return self._writes.get(namespace, 0)
-
-    def note_write(self, namespace: str) -> None:
-        self._writes[namespace] = self._writes.get(namespace, 0) + 1
+    def lexical_update(
+        self,
+        namespace: str,
+        *,
+        added: Sequence[Fact] = (),
+        ended: Sequence[str] = (),
+        at: float = 0.0,
+        removed: Sequence[str] = (),
+    ) -> None:
+        """Keep the namespace's BM25 cache in step with a write this store made (no rebuild)."""
+        cache = self.lexical_caches.get(namespace)
+        if cache is None:
+            return
+        if added:
+            cache.add(list(added))
+        if ended:
+            cache.end(ended, at)
+        if removed:
+            cache.remove(removed)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -199,7 +211,7 @@ class FactStore:
             documents=[f.text for f in facts],
             metadatas=[to_meta(f) for f in facts],
         )
-        self.note_write(ns)
+        self.lexical_update(ns, added=facts)
 
     def teach(
         self,
@@ -320,7 +332,7 @@ class FactStore:
                 *({"valid_to": to_ts(at), "superseded_by": ""} for _ in derived),
             ],
         )
-        self.note_write(ns)
+        self.lexical_update(ns, ended=[fact_id, *(f.id for f in derived)], at=to_ts(at))
         self.log(ns, "invalidate", fact.text, [fact_id], [reason or "invalidated"])
         for f in derived:
             self.log(ns, "invalidate", f.text, [f.id], [f"derived from invalidated fact {fact_id}"])

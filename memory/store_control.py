@@ -56,7 +56,7 @@ def delete(store: FactStore, fact_id: str, ns: str, reason: str = "") -> list[st
         raise UserError(f"no fact {fact_id!r} in namespace {ns!r}: check the id with `factflow facts search`")
     gone = [fact, *derived_from(store, ns, fact_id, valid_only=False)]
     store.collection(ns).delete(ids=[f.id for f in gone])
-    store.note_write(ns)
+    store.lexical_update(ns, removed=[f.id for f in gone])
     for f in gone:
         store.audit.scrub(ns, f.id, f.text)
     reasons = [reason or "deleted on request"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,38 @@ def test_legacy_chroma_audit_entries_move_to_sqlite(tmp_path: Path) -> None:
     with FactStore.open(Settings(home=tmp_path / "home")) as store:  # kept across reopen, no duplicates
         assert [e.action for e in store.audit_log()] == ["reject"] * 3 + ["invalidate"]
         assert (path / "factflow-audit.sqlite3").is_file()
+
+
+def test_lexical_index_follows_writes_without_a_rebuild(store: FactStore) -> None:
+    """Teach / invalidate / delete / rewrite after the BM25 index is built: the same cache object
+    answers (no rebuild), and it finds what a fresh build finds."""
+    from factflow.memory.store_search import lexical
+
+    for i in range(30):
+        store.teach(f"Warehouse {i} in Lyon stores {i * 10} crates of apples.")
+    store.search("crates of apples", k=3)
+    cache = lexical(store, "default")
+    new = store.teach("The Zephyrine lighthouse guards the harbour of Brest.")
+    gone = store.teach("The Quorlax observatory sits on a hill near Graz.")
+    old = store.search("Warehouse 7 crates", k=1)[0].fact
+    store.invalidate(old.id)
+    store.delete(gone.id)
+    rewritten = Fact(
+        id=new.id,
+        text="The Zephyrine lighthouse guards the port of Vannes.",
+        namespace="default",
+        origin="human",
+    )
+    store._write("default", [rewritten])
+    assert lexical(store, "default") is cache and new.id in cache.delta
+
+    def ranked(query: str) -> list[str]:
+        return lexical(store, "default").search(query, 5, time.time(), None)
+
+    incremental = {q: ranked(q) for q in ["Zephyrine Vannes", "Quorlax observatory", "harbour of Brest"]}
+    assert old.id not in lexical(store, "default").search("crates of apples", 40, time.time(), None)
+    store.lexical_caches.clear()
+    assert lexical(store, "default") is not cache  # a fresh build from Chroma
+    assert incremental == {q: ranked(q) for q in incremental}
+    assert incremental["Zephyrine Vannes"][0] == new.id and incremental["Quorlax observatory"] == []
+    assert incremental["harbour of Brest"] == []
