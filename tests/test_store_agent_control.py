@@ -23,14 +23,7 @@ from factflow.settings import Settings
 DOC = "Acme makes sensors. The Kestrel sensor was launched in 2019. It costs 40 euros."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # MiniLM: 1 thread on a shared box
 
 
 def _agent(tmp_path: Path, answer: str, **settings: object) -> tuple[Agent, FactStore, str]:

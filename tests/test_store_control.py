@@ -16,15 +16,7 @@ from factflow.errors import UserError
 from factflow.memory.store import FactStore
 from factflow.settings import Settings
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # MiniLM: 1 thread on a shared box
 
 
 @pytest.fixture
