@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
 from factflow.errors import UserError
 from factflow.memory.facts import Fact, FactHistory
 from factflow.memory.store_chroma import from_meta, validate_namespace
+from factflow.memory.store_ingest import jsonl_records
 
 if TYPE_CHECKING:
     from factflow.memory.store import FactStore
@@ -104,17 +103,8 @@ def import_facts(store: FactStore, path: str | Path, namespace: str | None = Non
     if not p.is_file():
         raise UserError(f"no file at {p}: pass a file written by `factflow facts export`")
     facts: list[Fact] = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            fact = Fact.model_validate_json(line)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise UserError(
-                f"{p}:{lineno}: not a fact record ({'.'.join(map(str, first['loc']))}: {first['msg']}): "
-                "import reads what `factflow facts export` writes"
-            ) from None
+    fix = "import reads what `factflow facts export` writes"
+    for _, fact in jsonl_records(p, p.read_text(encoding="utf-8"), Fact, "not a fact record", fix):
         if namespace:
             fact = fact.model_copy(update={"namespace": namespace})
         validate_namespace(fact.namespace)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -19,7 +20,9 @@ from factflow.errors import UserError
 from factflow.memory.facts import Fact, utcnow
 from factflow.memory.verify_text import split_sentences
 
-__all__ = ["chunk_text", "read_document", "check_text"]
+__all__ = ["chunk_text", "read_document", "check_text", "jsonl_records"]
+
+M = TypeVar("M", bound=BaseModel)
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_:.\-#]{1,128}$")
 
@@ -84,6 +87,19 @@ class _JsonlRecord(BaseModel):
     metadata: dict[str, str | int | float | bool] = {}
 
 
+def jsonl_records(path: Path, raw: str, model: type[M], what: str, fix: str) -> Iterator[tuple[int, M]]:
+    """(line number, record) for each non-empty line; a bad line is a UserError naming it."""
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, model.model_validate_json(line)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            raise UserError(f"{path}:{lineno}: {what} ({where}: {first['msg']}): {fix}") from None
+
+
 def read_document(path: str | Path, namespace: str, *, chunk_chars: int, max_chars: int) -> list[Fact]:
     """Document facts of one file (nothing written). `.jsonl`: one record per line, unknown keys
     are an error naming the line; `.md`: heading path kept as `section`; else UTF-8 text."""
@@ -125,17 +141,8 @@ def read_document(path: str | Path, namespace: str, *, chunk_chars: int, max_cha
         for section, chunk in chunk_text(raw, chunk_chars):
             facts.append(make(chunk, {"section": section} if section else {}))
         return facts
-    for lineno, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = _JsonlRecord.model_validate_json(line)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise UserError(
-                f"{p}:{lineno}: bad record ({'.'.join(map(str, first['loc']))}: {first['msg']}): "
-                'each line must be {"text": ..., optional "id", "source", "valid_from", "metadata"}'
-            ) from None
+    fix = 'each line must be {"text": ..., optional "id", "source", "valid_from", "metadata"}'
+    for lineno, rec in jsonl_records(p, raw, _JsonlRecord, "bad record", fix):
         check_text(rec.text[:max_chars] or " ", max_chars, "record")
         parts = chunk_text(rec.text, chunk_chars)
         for j, (_, chunk) in enumerate(parts):
