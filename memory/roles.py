@@ -226,13 +226,15 @@ def _unreachable(exc: BaseException) -> bool:
 def call_structured(
     chat_model: Any, schema: type[BaseModel], prompt: str, role: str, meter: UsageMeter | None = None
 ) -> tuple[BaseModel | None, str | None]:
-    """Structured call with one retry on unparseable output. Returns (object, None) or (None,
-    reason it was skipped). A server that cannot be reached is a UserError; any other exception
-    propagates unchanged."""
+    """Structured call with one retry on unparseable output (none when decoding is greedy).
+    Returns (object, None) or (None, reason it was skipped). A server that cannot be reached is
+    a UserError; any other exception propagates unchanged."""
     from langchain_core.messages import HumanMessage
 
     reason = ""
-    for attempt in (1, 2):
+    # Greedy decoding repeats the same bad output, so a retry only helps a sampling model.
+    attempts = (1,) if getattr(chat_model, "temperature", None) == 0 else (1, 2)
+    for attempt in attempts:
         t0 = time.perf_counter()
         out: Any = None
         try:
@@ -242,7 +244,7 @@ def call_structured(
             obj = out if isinstance(out, schema) else schema.model_validate(out)
         except PARSE_ERRORS as exc:  # a bad output is a skipped step, never a crash
             reason = f"{type(exc).__name__}: {str(exc)[:300]}"
-            log.warning("%s output invalid (attempt %d of 2): %s", role, attempt, reason)
+            log.warning("%s output invalid (attempt %d of %d): %s", role, attempt, len(attempts), reason)
             if meter is not None:
                 meter.record(RoleCall(role, prompt, str(out or ""), time.perf_counter() - t0, False))
             continue
@@ -256,7 +258,7 @@ def call_structured(
         if meter is not None:
             meter.record(RoleCall(role, prompt, obj.model_dump_json(), time.perf_counter() - t0, True))
         return obj, None
-    log.warning("%s step skipped after 2 invalid outputs: %s", role, reason)
+    log.warning("%s step skipped after %d invalid output(s): %s", role, len(attempts), reason)
     return None, f"{role} skipped: {reason}"
 
 

@@ -114,7 +114,7 @@ def test_invalid_output_is_retried_once_then_skipped(
     r = pb.learn("q", "a", "", chat)
     assert r.result is None and r.reflection is None and pb.version == 0
     assert "reflector skipped: OutputParserException: still not json" in r.skipped[0]
-    assert "attempt 1 of 2" in caplog.text and "skipped after 2 invalid outputs" in caplog.text
+    assert "attempt 1 of 2" in caplog.text and "skipped after 2 invalid output(s)" in caplog.text
     # a retry that succeeds is used
     chat = ScriptedChat(
         {
@@ -128,6 +128,13 @@ def test_invalid_output_is_retried_once_then_skipped(
     r = pb.learn("q", "a", "", chat)
     assert r.reflection is not None and r.result is None and pb.version == 0
     assert any("curator skipped" in s for s in r.skipped)
+    # greedy decoding would repeat the same bad output: no retry
+    chat = ScriptedChat(
+        {"Reflection": [OutputParserException("bad"), {"diagnosis": "d", "key_insight": "k"}]}
+    )
+    chat.temperature = 0.0  # type: ignore[attr-defined]
+    r = pb.learn("q", "a", "", chat)
+    assert r.reflection is None and len(chat.prompts) == 1
 
 
 def test_a_broken_run_fails_loudly_instead_of_skipping(tmp_path: Path) -> None:
