@@ -235,7 +235,8 @@ def test_render_budget_selects_relevant_and_helpful(tmp_path: Path) -> None:
     pb.apply(Delta(ops=[AddOp(section="strategies", content=c) for c in contents]))
     pb.apply(Delta(ops=[TagOp(id="strat-00021", tag="helpful", count=5)]))
     full = pb.render(budget_tokens=10_000)
-    assert full.omitted == 0 and len(full.bullet_ids) == 30 and "[strat-00008] helpful=0 harmful=0 :: always convert" in full.text
+    assert full.omitted == 0 and len(full.bullet_ids) == 30
+    assert "[strat-00008] helpful=0 harmful=0 :: always convert" in full.text
     small = pb.render("what unit should I use", budget_tokens=40)
     assert small.tokens <= 40 and small.omitted == 30 - len(small.bullet_ids) > 0
     assert "strat-00008" in small.bullet_ids  # most relevant
