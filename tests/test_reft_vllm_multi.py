@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from factflow.bench.steering import random_adapter
 from factflow.serving.reft import ReftAdapter, ReftConfig, greedy_generate, reft_served_model
@@ -38,21 +39,50 @@ CONFIGS = {
 MAX_TOKENS = 12
 
 
-@pytest.fixture(scope="module", params=["eager", "compiled"])
-def served(
-    request: pytest.FixtureRequest, model_path: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, dict[str, Path]]]:
-    """One server per mode: eager (what `factflow serve --reft` runs) and torch.compile'd."""
-    pytest.importorskip("vllm")
+@pytest.fixture(scope="module")
+def adapters(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from factflow.serving.hf_engine import load_hf_model
-    from factflow.serving.vllm_server import VLLMServer
 
     model, _ = load_hf_model(model_path)
     root = tmp_path_factory.mktemp("adapters")
-    folders = {n: random_adapter(cfg, model, i, root / n) for i, (n, cfg) in enumerate(CONFIGS.items())}
-    folder = reft_served_model(model_path, folders, root / "home")
+    return {n: random_adapter(cfg, model, i, root / n) for i, (n, cfg) in enumerate(CONFIGS.items())}
+
+
+@pytest.fixture(scope="module")
+def references(model_path: str, adapters: dict[str, Path]) -> dict[tuple[str | None, int], str]:
+    """(adapter or None, prompt index) -> the transformers engine's greedy text with that adapter alone."""
+    from factflow.serving.hf_engine import load_hf_model
+
+    model, tok = load_hf_model(model_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core box: one thread is faster than fighting for two
+    try:
+        out: dict[tuple[str | None, int], str] = {}
+        for name in [None, *CONFIGS]:
+            for i, prompt in enumerate(PROMPTS):
+                ids = chat_prompt_ids(tok, prompt)
+                if name is None:
+                    got = greedy_generate(model, tok, ids, MAX_TOKENS)
+                else:
+                    with ReftAdapter.load(adapters[name]).attach(model):
+                        got = greedy_generate(model, tok, ids, MAX_TOKENS)
+                out[(name, i)] = str(tok.decode(got, skip_special_tokens=True))
+    finally:
+        torch.set_num_threads(threads)
+    for name in CONFIGS:  # each adapter really edits: otherwise parity would say nothing about it
+        assert any(out[(name, i)] != out[(None, i)] for i in range(len(PROMPTS))), name
+    return out
+
+
+@pytest.fixture(scope="module", params=["eager", "compiled"])
+def served(request: pytest.FixtureRequest, model_path: str, adapters: dict[str, Path]) -> Iterator[str]:
+    """One server per mode: eager (what `factflow serve --reft` runs) and torch.compile'd."""
+    pytest.importorskip("vllm")
+    from factflow.serving.vllm_server import VLLMServer
+
+    folder = reft_served_model(model_path, adapters, next(iter(adapters.values())).parent / "home")
     with VLLMServer(folder, extra_args=["--enforce-eager"] if request.param == "eager" else []) as server:
-        yield server.base_url, folders
+        yield server.base_url
 
 
 def complete(base_url: str, ids: list[int], adapter: str | None) -> httpx.Response:
@@ -66,34 +96,21 @@ def complete(base_url: str, ids: list[int], adapter: str | None) -> httpx.Respon
 
 
 def test_mixed_batch_matches_single_adapter_transformers(
-    model_path: str, served: tuple[str, dict[str, Path]]
-) -> None:
+    model_path: str, references: dict[tuple[str | None, int], str], served: str
+) -> None:  # references first: a running vLLM engine busy-polls a core
     from factflow.serving.hf_engine import load_hf_model
 
-    url, folders = served
-    model, tok = load_hf_model(model_path)
+    _, tok = load_hf_model(model_path)
     ids = [chat_prompt_ids(tok, p) for p in PROMPTS]
-
-    def reference(adapter: str | None, prompt: list[int]) -> str:
-        if adapter is None:
-            return str(tok.decode(greedy_generate(model, tok, prompt, MAX_TOKENS), skip_special_tokens=True))
-        with ReftAdapter.load(folders[adapter]).attach(model):
-            return str(tok.decode(greedy_generate(model, tok, prompt, MAX_TOKENS), skip_special_tokens=True))
-
     names: list[str | None] = [None, *CONFIGS]
-    jobs = [(names[k % len(names)], ids[k % len(ids)]) for k in range(16)]  # 16 requests, 4 adapters + base
-    want = {(a, tuple(p)): reference(a, p) for a, p in jobs}
-    for name in CONFIGS:  # each adapter really edits: otherwise parity would say nothing about it
-        assert any(want[(name, tuple(p))] != reference(None, p) for p in ids), name
+    jobs = [(names[k % len(names)], k % len(ids)) for k in range(16)]  # 16 requests, 4 adapters + base
     with ThreadPoolExecutor(len(jobs)) as pool:
-        responses = list(pool.map(lambda job: complete(url, job[1], job[0]), jobs))
-    got = [r.json()["choices"][0]["text"] for r in responses]
-    assert got == [want[(a, tuple(p))] for a, p in jobs]
-    assert complete(url, ids[0], "base").json()["choices"][0]["text"] == want[(None, tuple(ids[0]))]
+        responses = list(pool.map(lambda job: complete(served, ids[job[1]], job[0]), jobs))
+    assert [r.json()["choices"][0]["text"] for r in responses] == [references[job] for job in jobs]
+    assert complete(served, ids[0], "base").json()["choices"][0]["text"] == references[(None, 0)]
 
 
-def test_unknown_adapter_is_a_400_listing_the_loaded_ones(served: tuple[str, dict[str, Path]]) -> None:
-    url, _ = served
-    res = complete(url, [1, 2, 3], "facts-v9")
+def test_unknown_adapter_is_a_400_listing_the_loaded_ones(served: str) -> None:
+    res = complete(served, [1, 2, 3], "facts-v9")
     assert res.status_code == 400
     assert "facts-v9" in res.text and all(name in res.text for name in CONFIGS)
