@@ -32,7 +32,14 @@ from tqdm.auto import tqdm
 from factflow.errors import UserError
 from factflow.evals.lab_data import LabFact
 from factflow.evals.lab_metrics import TextLogprobs, relative_weight_change
-from factflow.serving.training import batches, chat_prompt_ids, encode_pair, end_of_turn, pad_pairs
+from factflow.serving.training import (
+    batches,
+    chat_prompt_ids,
+    clipped_step,
+    encode_pair,
+    end_of_turn,
+    pad_pairs,
+)
 
 __all__ = [
     "ROUTES",
@@ -198,10 +205,7 @@ def _train_lm(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], budget: 
                     break
                 ids, mask, labels, _starts = pad_pairs(batch, pad)  # labels: the answer only
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
+                clipped_step(opt, params, loss)
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")

@@ -34,6 +34,7 @@ from factflow.serving.training import (
     EncodedPair,
     batches,
     chat_prompt_ids,
+    clipped_step,
     encode_pair,
     end_of_turn,
     pad_pairs,
@@ -299,10 +300,7 @@ def distill_anti_expert(
                 t_logp = F.log_softmax(teacher(input_ids=ids, attention_mask=mask).logits, -1)  # (B, T, V)
             s_logp = F.log_softmax(student(input_ids=ids, attention_mask=mask).logits, -1)  # (B, T, V)
             loss = (_kl_per_token(t_logp, s_logp) * mask).sum() / mask.sum()
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            clipped_step(opt, params, loss)
             bar.set_postfix(kl=f"{loss.item():.3f}")
             bar.update()
     bar.close()
@@ -422,10 +420,7 @@ def tune_expert(
                     a_logp = F.log_softmax(anti(input_ids=ids, attention_mask=mask).logits, -1)
                 hold = answer * is_keep
                 loss = loss + (_kl_per_token(a_logp, logp) * hold).sum() / hold.sum().clamp(min=1)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            clipped_step(opt, params, loss)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             bar.update()
     bar.close()

@@ -25,6 +25,7 @@ __all__ = [
     "right_pad",
     "pad_pairs",
     "batches",
+    "clipped_step",
 ]
 
 T = TypeVar("T")
@@ -122,3 +123,12 @@ def batches(items: Sequence[T], size: int, rng: random.Random | None = None) -> 
         rng.shuffle(order)
     for i in range(0, len(order), size):
         yield order[i : i + size]
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], loss: torch.Tensor,
+                 max_norm: float = 1.0) -> None:  # fmt: skip
+    """One plain update: backward, clip the gradient norm to `max_norm`, step, clear gradients."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()

@@ -50,6 +50,12 @@ def vllm_greedy(base_url: str, prompts: list[list[int]], alpha: float | None = N
     return [c["text"] for c in sorted(res["choices"], key=lambda c: c["index"])]
 
 
+def base_greedy(lm: ProxyTunedLM, ids: list[list[int]]) -> list[str]:
+    """The base model's own greedy text on the transformers engine."""
+    params = GenerationParams(max_new_tokens=MAX_TOKENS)
+    return [c.text for c in generate(CausalLMSource(lm.base), lm.tokenizer, ids, params)]
+
+
 def test_vllm_greedy_parity_with_transformers(
     model_path: str, proxy_pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -59,12 +65,7 @@ def test_vllm_greedy_parity_with_transformers(
     lm = ProxyTunedLM(config)
     ids = [lm.prompt_ids(p) for p in PROMPTS]
     hf = [c.text for c in lm.generate(ids, GenerationParams(max_new_tokens=MAX_TOKENS))]
-    base = [
-        c.text
-        for c in generate(
-            CausalLMSource(lm.base), lm.tokenizer, ids, GenerationParams(max_new_tokens=MAX_TOKENS)
-        )
-    ]
+    base = base_greedy(lm, ids)
     assert hf != base  # the pair steers, so parity below is about the combination, not the base
     for url in serve(config, tmp_path / "prepared"):
         assert vllm_greedy(url, ids) == hf
@@ -86,11 +87,6 @@ def test_vllm_equal_pair_gives_base_output(
     config = ProxyConfig(base=Path(model_path), expert=k4, anti_expert=k4, alpha=1.0)
     lm = ProxyTunedLM(config)
     ids = [lm.prompt_ids(p) for p in PROMPTS]
-    base = [
-        c.text
-        for c in generate(
-            CausalLMSource(lm.base), lm.tokenizer, ids, GenerationParams(max_new_tokens=MAX_TOKENS)
-        )
-    ]
+    base = base_greedy(lm, ids)
     for url in serve(config, tmp_path / "prepared"):
         assert vllm_greedy(url, ids) == base
