@@ -26,6 +26,8 @@ __all__ = [
     "adapt_markdown",
 ]
 
+# Below this a resampled mean is nearly constant and its p-value says nothing.
+MIN_PAIRED = 10
 MODE_LABELS = {"fc": "fc (BFCL FC)", "prompt": "prompt (BFCL prompt)", "constrained": "constrained (ours)"}
 
 
@@ -62,7 +64,8 @@ def paired_differences(rows_by_mode: Mapping[str, Sequence[CaseResult]]) -> list
     for i, a in enumerate(modes):
         for b in modes[i + 1 :]:
             common = sorted(set(verdicts[a]) & set(verdicts[b]))
-            if not common:
+            if len(common) < MIN_PAIRED:
+                lines.append(f"| {a} - {b} | n/a (< {MIN_PAIRED} shared cases) | | | {len(common)} |")
                 continue
             res = paired_bootstrap([verdicts[a][c] for c in common], [verdicts[b][c] for c in common])
             interval = f"[{res.low:+.3f}, {res.high:+.3f}]"
