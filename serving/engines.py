@@ -179,7 +179,8 @@ class OpenAIChatModel(StructuredOutputMixin, ChatOpenAI):  # type: ignore[misc]
                 max_completion_tokens=64,
                 temperature=0,
             )
-        except openai.BadRequestError:  # e.g. vLLM started without a tool-call parser
+        except openai.APIStatusError as exc:  # e.g. 400 from vLLM started without a tool-call parser
+            log.info("tool-call probe answered %s: using json_action", exc.status_code)
             return "json_action"
         calls = reply.choices[0].message.tool_calls or [] if reply.choices else []
         for call in calls:
