@@ -150,6 +150,9 @@ def parse_errors() -> tuple[type[BaseException], ...]:
         json.JSONDecodeError,
         openai.BadRequestError,
         openai.UnprocessableEntityError,
+        # structured output cut by the token cap: the model's answer, not the server, is broken
+        openai.LengthFinishReasonError,
+        openai.ContentFilterFinishReasonError,
     )
 
 
