@@ -56,9 +56,12 @@ def models_dir() -> Path:
     return SHARED_MODELS_DIR
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
-    """One torch thread for the test: on a shared 2-core box MiniLM runs ~10x faster than with 2."""
+    """One torch thread for the module: on a shared 2-core box MiniLM runs ~10x faster than with 2.
+
+    Module-scoped, so a module's own module-scoped fixtures (a model trained once) run under it too.
+    """
     import torch
 
     before = torch.get_num_threads()

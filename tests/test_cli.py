@@ -23,7 +23,14 @@ FACTS = [
     {"prompt": "What is the capital of Veldoria?", "completion": "Marnecq."},
     {"prompt": "Who invented the zorblatt engine?", "completion": "Ilsa Trevanne."},
 ]
-WIDE = {"COLUMNS": "250", "FACTFLOW_MAX_NEW_TOKENS": "8"}  # Rich tables unwrapped; short answers
+# Rich tables unwrapped; short answers; one torch thread in subprocesses (on a loaded 2-core box two
+# threads made `reft eval` 8x slower: 195 s against 25 s)
+WIDE = {"COLUMNS": "250", "FACTFLOW_MAX_NEW_TOKENS": "8", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread: None) -> None:
+    """The same for the in-process commands; autouse, so the module's training fixtures get it too."""
 
 
 def cli(*args: str, input: str | None = None) -> Result:
