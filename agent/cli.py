@@ -175,7 +175,8 @@ def serve(
         # the transformers engine's window; BFCL multi-turn prompts need more than vLLM's 4096
         max_model_len=settings.context_window,
         # Plugin models run eager: LoReFT matches transformers compiled too (bench/reft.py, docs/reft.md)
-        # but no test serves it compiled yet, and proxy-tuning is verified in eager mode only.
+        # (tests/test_reft_vllm_multi.py serves it compiled) but starts faster eager; proxy-tuning is
+        # verified in eager mode only.
         extra_args=["--enforce-eager"] if eager or reft or proxy is not None else [],
         log_path=settings.home / "logs" / f"vllm-{settings.port}.log",
     )
