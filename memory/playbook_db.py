@@ -13,7 +13,6 @@ Any version k is `replay(ops of versions 1..k)` from an empty state with the sto
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from factflow.memory.bullets import Bullet, LogOp, PlaybookState
@@ -46,10 +46,9 @@ _OP = TypeAdapter(LogOp)
 _PATH_LOCKS: dict[str, threading.Lock] = {}
 _PATH_LOCKS_GUARD = threading.Lock()
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: SQLite's own busy handler still serializes
-    fcntl = None  # type: ignore[assignment]
+# How often a writer waiting on another process re-tries the lock file: short, because a queue of
+# writers would otherwise spend its time asleep (SQLite's own busy handler sleeps up to 100 ms).
+_LOCK_POLL_S = 0.002
 
 
 def _path_lock(path: Path) -> threading.Lock:
@@ -84,11 +83,11 @@ class PlaybookDB:
         # before we read the version (no read-then-upgrade deadlocks between processes).
         self._conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
-        # Writers queue on a thread lock + an flock before BEGIN IMMEDIATE: SQLite's busy handler
-        # sleeps up to 100 ms between retries, so with 8 writers most time went to sleeping; a
-        # blocking flock wakes the next writer at once, and the kernel drops it if we are killed.
+        # Writers queue on a thread lock + a lock file before BEGIN IMMEDIATE: SQLite's busy handler
+        # sleeps up to 100 ms between retries, so with 8 writers most time went to sleeping. The
+        # lock file (filelock: flock on POSIX, msvcrt on Windows) is dropped by the OS if we are killed.
         self._writer_lock = _path_lock(path)
-        self._lock_fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644) if fcntl else -1
+        self._file_lock = FileLock(str(path) + ".lock", thread_local=False)
         self._conn.execute("PRAGMA busy_timeout=60000")
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -104,28 +103,19 @@ class PlaybookDB:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Write transaction holding the database write lock from the first statement."""
-        with self._lock, self._writer_lock:
-            if self._lock_fd >= 0:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        with self._lock, self._writer_lock, self._file_lock.acquire(poll_interval=_LOCK_POLL_S):
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._conn
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                else:
-                    self._conn.execute("COMMIT")
-            finally:
-                if self._lock_fd >= 0:
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
 
     def _meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
