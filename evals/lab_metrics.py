@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import re
-import string
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from factflow.memory.answer_match import contains_match, exact_match, normalize
 
 __all__ = [
     "TextLogprobs",
@@ -39,8 +40,6 @@ __all__ = [
     "latency_ratio",
 ]
 
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-_SPACES = re.compile(r"\s+")
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
 
@@ -50,26 +49,6 @@ class TextLogprobs:
 
     logprobs: torch.Tensor  # (T-1, V) float32, log-softmax
     targets: torch.Tensor  # (T-1,) long
-
-
-def normalize(text: str) -> str:
-    """Lowercase, punctuation -> space, collapse spaces: 'Drammel.' == 'drammel'."""
-    return _SPACES.sub(" ", _PUNCT.sub(" ", text.lower())).strip()
-
-
-def _golds(gold: str | Iterable[str]) -> list[str]:
-    return [gold] if isinstance(gold, str) else list(gold)
-
-
-def exact_match(pred: str, gold: str | Iterable[str]) -> bool:
-    p = normalize(pred)
-    return any(p == normalize(g) for g in _golds(gold))
-
-
-def contains_match(pred: str, gold: str | Iterable[str]) -> bool:
-    """True when a gold answer appears in the prediction as whole words (so '10' does not match '100')."""
-    p = f" {normalize(pred)} "
-    return any(normalize(g) and f" {normalize(g)} " in p for g in _golds(gold))
 
 
 def accuracy(

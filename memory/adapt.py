@@ -25,7 +25,6 @@ answers are tool calls plugs in its own (which then cites no bullets, so tags no
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from factflow.memory.answer_match import contains_match
 from factflow.memory.playbook import Playbook, Reflected
 from factflow.memory.roles import BulletTag, Generator, Reflection, UsageMeter
 
@@ -112,18 +112,6 @@ class AdaptReport(_M):
     def accuracy(self) -> float | None:
         judged = [s.correct for s in self.steps if s.correct is not None]
         return sum(judged) / len(judged) if judged else None
-
-
-def _norm(text: str) -> str:
-    # keep inner dots (3.5) but not sentence-final ones ("Paris.")
-    words = re.sub(r"[^a-z0-9.]+", " ", text.lower()).split()
-    return " ".join(w.strip(".") for w in words if w.strip("."))
-
-
-def contains_match(prediction: str, label: str) -> bool:
-    """Normalized label found as a whole phrase in the prediction (small models add words)."""
-    p, lab = f" {_norm(prediction)} ", f" {_norm(label)} "
-    return bool(lab.strip()) and lab in p
 
 
 def label_feedback(
