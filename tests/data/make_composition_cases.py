@@ -14,9 +14,9 @@ carries `claim_labels`, one label per claim: the first is new, the repeat is not
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
+
+from make_writeback_cases import write_cases  # the sibling script (run from this folder's path)
 
 BRIDGES = ["Orlin Bridge", "Casta Bridge", "Mervik Bridge", "Tollan Bridge", "Pezzo Bridge", "Harrow Bridge"]
 TOWERS = ["Vantor Tower", "Silbe Tower", "Krane Tower", "Odessa Spire", "Luma Tower", "Brisk Tower"]
@@ -166,16 +166,7 @@ def world(rng: random.Random, i: int) -> tuple[dict[str, str], list[dict]]:
 
 
 def main() -> None:
-    rng = random.Random(16)
-    out = Path(__file__).with_name("writeback_compositions.jsonl")
-    lines = []
-    for i in range(6):
-        facts, cases = world(rng, i)
-        for case in cases:
-            case["facts"] = facts
-            lines.append(json.dumps(case, sort_keys=True))
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {len(lines)} cases to {out}")
+    write_cases(world, n_worlds=6, seed=16, file_name="writeback_compositions.jsonl")
 
 
 if __name__ == "__main__":

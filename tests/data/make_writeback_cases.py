@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 COMPANIES = [
@@ -187,17 +188,24 @@ def world(rng: random.Random, i: int) -> tuple[dict[str, str], list[dict]]:
     return facts, cases
 
 
-def main() -> None:
-    rng = random.Random(4)
-    out = Path(__file__).with_name("writeback_cases.jsonl")
+def write_cases(
+    make_world: Callable[[random.Random, int], tuple[dict, list]], n_worlds: int, seed: int, file_name: str
+) -> None:
+    """Writes every case of `n_worlds` worlds, each carrying its world's facts, as sorted JSON lines."""
+    rng = random.Random(seed)
+    out = Path(__file__).with_name(file_name)
     lines = []
-    for i in range(8):
-        facts, cases = world(rng, i)
+    for i in range(n_worlds):
+        facts, cases = make_world(rng, i)
         for case in cases:
             case["facts"] = facts
             lines.append(json.dumps(case, sort_keys=True))
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {len(lines)} cases to {out}")
+
+
+def main() -> None:
+    write_cases(world, n_worlds=8, seed=4, file_name="writeback_cases.jsonl")
 
 
 if __name__ == "__main__":
