@@ -432,36 +432,30 @@ def run_adaptation(
                 eval_seconds=round(time.perf_counter() - t1, 1),
                 notes=f"best val {report.best_score} at v{report.best_version}",
             )
-        elif method in ("ace_online", "ace_online_nolabel"):
-            report = online_adapt(
-                pb,
-                test,
-                chat,
-                run_id=run_id,
-                batch_size=cfg.batch_size,
-                judge=judge,
-                reflector_rounds=cfg.reflector_rounds,
-                reveal_label=method == "ace_online",
-                answer=answer,
-                meter=usage.meter,
-                progress=progress,
-            )
-            attempts = [
-                Attempt(answer=st.prediction, correct=st.correct)
-                for st in sorted(report.steps, key=lambda x: x.index)
-            ]
-            row = _row(
-                task,
-                method,
-                test,
-                attempts,
-                adapt_tokens=usage.tokens,
-                adapt_seconds=round(time.perf_counter() - t0, 1),
-                notes="adapt seconds include answering the stream",
-            )
-        else:  # dc_cumulative
-            judged = _judged(answer, judge)
-            attempts, sheet = dc_cumulative(chat, test, judged, usage.meter, progress=progress)
+        else:  # a stream the method adapts on while answering it: ACE online, or Dynamic Cheatsheet
+            sheet = None
+            if method == "dc_cumulative":
+                attempts, sheet = dc_cumulative(
+                    chat, test, _judged(answer, judge), usage.meter, progress=progress
+                )
+            else:
+                report = online_adapt(
+                    pb,
+                    test,
+                    chat,
+                    run_id=run_id,
+                    batch_size=cfg.batch_size,
+                    judge=judge,
+                    reflector_rounds=cfg.reflector_rounds,
+                    reveal_label=method == "ace_online",
+                    answer=answer,
+                    meter=usage.meter,
+                    progress=progress,
+                )
+                attempts = [
+                    Attempt(answer=st.prediction, correct=st.correct)
+                    for st in sorted(report.steps, key=lambda x: x.index)
+                ]
             row = _row(
                 task,
                 method,
