@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=3, help="Measured turns (after one warm-up).")
     parser.add_argument("--home", type=Path, default=None, help="State folder (default: a temp dir).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the report here.")
+    from factflow.bench.machine import add_busy_flag, prelude
+
+    add_busy_flag(parser)
     args = parser.parse_args(argv)
+    prelude(args.allow_busy)
     console = Console()
     with tempfile.TemporaryDirectory(prefix="factflow-bench-agent-") as tmp:
         home = args.home or Path(tmp)

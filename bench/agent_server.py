@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=64, help="answer token cap, both sides")
     parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile (starts sooner)")
     parser.add_argument("--base-url", help="an already running vLLM server's /v1 root (else one is started)")
+    from factflow.bench.machine import add_busy_flag, prelude
+
+    add_busy_flag(parser)
     args = parser.parse_args(argv)
+    prelude(args.allow_busy, own_engine=args.base_url is not None)
 
     import openai
 

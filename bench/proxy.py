@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--tokens", type=int, default=32, help="Tokens generated per request.")
     parser.add_argument("--engines", default="transformers,vllm", help="Comma-separated engines to measure.")
     parser.add_argument("--concurrency", default="1,16", help="Comma-separated concurrent request counts.")
+    from factflow.bench.machine import add_busy_flag, prelude
+
+    add_busy_flag(parser)
     args = parser.parse_args(argv)
+    prelude(args.allow_busy)
 
     from factflow.serving.models import resolve_model
     from factflow.serving.proxy import ProxyConfig, ProxyTunedLM, load_proxy_config

@@ -207,7 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="Passes over the prompts per side (median).")
     parser.add_argument("--json", type=Path, help="Also write the numbers here.")
     parser.add_argument("--adapter", type=Path, help="Use this trained adapter instead of training one.")
+    from factflow.bench.machine import add_busy_flag, prelude
+
+    add_busy_flag(parser)
     args = parser.parse_args(argv)
+    prelude(args.allow_busy)
     modes = tuple(m for m in args.vllm_modes.split(",") if m)
     if unknown := set(modes) - set(VLLM_MODES):
         parser.error(f"unknown --vllm-modes {sorted(unknown)}; use eager, compiled or both (comma-separated)")

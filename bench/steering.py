@@ -150,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="Rounds over the mixes (median).")
     parser.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True,
                         help="--enforce-eager (default) or --no-eager for torch.compile.")  # fmt: skip
+    from factflow.bench.machine import add_busy_flag, prelude
+
+    add_busy_flag(parser)
     ns = parser.parse_args(argv)
+    prelude(ns.allow_busy)
     run(max(1, ns.adapters), ns.tokens, max(1, ns.rounds), ns.eager, Console())
 
 
