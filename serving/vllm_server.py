@@ -98,6 +98,7 @@ class VLLMServer:
             "--port", str(self.port),
             "--dtype", self.dtype,
             "--max-model-len", str(self.max_model_len),
+            "--enable-prompt-tokens-details",  # usage reports prefix-cache hits (bench/agent.py)
             *plugin_server_args(self.model)[0],
             *self.extra_args,
         ]  # fmt: skip
