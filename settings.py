@@ -151,6 +151,11 @@ class Settings(BaseSettings):
         description="decide: a short constrained step picks a tool or 'answer', answers are free text "
         "(what a 135M model needs); single: one bind_tools call per round.",
     )
+    agent_decide: Literal["auto", "always"] = Field(
+        "auto",
+        description="auto: skip the decide step when no tool could change the answer (only built-in "
+        "tools, first round, no number or arithmetic word in the question); always: the model decides.",
+    )
     agent_cite_threshold: float = Field(
         0.5, gt=0.0, le=1.0, description="Min answer-fact cosine for a similarity citation."
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ from factflow.agent.state import AgentState, FactRef
 from factflow.errors import UserError
 from factflow.settings import Settings, get_settings
 
-__all__ = ["build_graph", "default_tools", "NODES", "CONTROL_TAG"]
+__all__ = ["build_graph", "default_tools", "tools_could_help", "NODES", "CONTROL_TAG"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,33 @@ def _tool_results(turn: Sequence[AnyMessage]) -> list[str]:
             args = json.dumps(call["args"], sort_keys=True) if call else "{}"
             lines.append(f"{m.name}({args}) -> {m.content}")
     return lines
+
+
+# Words that ask for arithmetic over facts: the calculator could change the answer.
+_ARITHMETIC_WORDS = frozenset(
+    [
+        "sum", "total", "difference", "plus", "minus", "times", "multiplied", "divided", "product",
+        "average", "mean", "percent", "percentage", "ratio", "twice", "half", "double", "triple",
+        "sqrt", "square", "root", "combined", "together", "older", "younger", "longer", "shorter",
+        "taller", "heavier", "lighter", "bigger", "smaller", "larger", "more", "fewer", "less", "than",
+        "between", "compare", "calculate", "compute", "many", "much",
+    ]
+)
+
+
+def tools_could_help(question: str, *, user_tools: bool, rounds: int) -> bool:
+    """Whether a tool call could change this step's answer, i.e. whether `decide` must run.
+
+    The built-in tools only re-read the store (`search_facts`, `get_fact`) or do arithmetic
+    (`calculator`). `retrieve` already searched the store with the question, so on a turn's first
+    round a second search adds nothing the prompt does not hold, and the calculator matters only
+    for a question with a number or an arithmetic word. User tools can do anything, and after a
+    tool round the model may want the next one, so in those cases the model decides.
+    """
+    if user_tools or rounds > 0:
+        return True
+    words = set(re.findall(r"[a-z]+", question.lower()))
+    return bool(re.search(r"\d|[%+*/=<>^-]", question)) or bool(words & _ARITHMETIC_WORDS)
 
 
 def _call_key(name: str, args: dict[str, Any]) -> str:
@@ -256,6 +284,10 @@ def build_graph(
         if settings.max_tool_rounds > 0 and not over_budget:
             if forced and forced != "any":
                 action = forced
+            elif not forced and settings.agent_decide == "auto" and not tools_could_help(
+                state["question"], user_tools=bool(user_tools), rounds=rounds
+            ):
+                action = "answer"  # no tool could add anything: skip a model call
             else:
                 options = list(by_name) if forced == "any" else ["answer", *by_name]
                 action = _decide(prompt, options)

@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from factflow.agent.cite import attribute, citation_model, parse_citations
-from factflow.agent.graph import build_graph
+from factflow.agent.graph import build_graph, tools_could_help
 from factflow.settings import Settings
 
 
@@ -25,6 +25,8 @@ def _tool_call(name: str, args: dict[str, Any], i: int = 0) -> AIMessage:
 
 
 def _graph(model: FakeToolCallingModel, store: FakeStore, **settings: Any) -> Any:
+    """The graph with the decide step always run, so a script's tool calls are reached."""
+    settings = {"agent_decide": "always", **settings}
     return build_graph(
         model, store, FakePlaybook(), checkpointer=InMemorySaver(), settings=Settings(**settings)
     )
@@ -90,6 +92,38 @@ def test_tool_round_trip_adds_found_facts() -> None:
     assert "f-moon" in out["retrieved_ids"]  # found by a tool, so it may be cited
     assert out["cited_fact_ids"] == ["f-moon"]
     assert {"search_facts", "get_fact"} <= set(model.bound_tools)
+
+
+@pytest.mark.parametrize(
+    ("question", "needed"),
+    [
+        ("Which city is the seat of government of Zorbia?", False),
+        ("Who founded the Velkor observatory?", False),
+        ("What is 17 * 23?", True),
+        ("How many years passed between the two treaties?", True),
+        ("Is the Quillmar river longer than the Tarn?", True),
+        ("What share of Zorbia's exports is squash, in percent?", True),
+    ],
+)
+def test_tools_could_help_only_for_arithmetic_user_tools_or_later_rounds(question: str, needed: bool) -> None:
+    assert tools_could_help(question, user_tools=False, rounds=0) is needed
+    assert tools_could_help(question, user_tools=True, rounds=0)  # a user tool may do anything
+    assert tools_could_help(question, user_tools=False, rounds=1)  # after a tool, the model decides
+
+
+def test_auto_decide_skips_the_decision_when_no_tool_could_help() -> None:
+    model = FakeToolCallingModel(
+        script=[_tool_call("get_fact", {"fact_id": "f-moon"}), AIMessage(content="Paris [f-paris].")]
+    )
+    out = _graph(model, FakeStore(FACTS), agent_decide="auto").invoke(
+        {"question": "capital of Zorbia?"}, {"configurable": {"thread_id": "t"}}
+    )
+    assert model.decisions == []  # no decide call: the turn is one model call
+    assert out["tool_rounds"] == 0 and len(model.seen) == 1
+    out = _graph(model, FakeStore(FACTS), agent_decide="auto").invoke(
+        {"question": "What is 2 + 2?"}, {"configurable": {"thread_id": "u"}}
+    )
+    assert model.decisions  # a number in the question: the model decides (and may calculate)
 
 
 def test_unknown_tool_becomes_an_observation() -> None:
