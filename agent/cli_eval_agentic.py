@@ -191,7 +191,7 @@ def adapt(
     tasks: list[Task] = []
     for name in _csv(task):
         if name == "domain_rules":
-            tasks.append(DomainRulesTask(n=(limit or 12 if quick else limit or 24) * 2))
+            tasks.append(DomainRulesTask.with_test_items(limit or (12 if quick else 24)))
         elif name in ("finer", "formula"):
             from factflow.evals.ace_finance import FinanceTask
 

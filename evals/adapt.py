@@ -142,12 +142,26 @@ class DomainRulesTask:
     name = "domain_rules"
     unit = "items"
 
-    def __init__(self, n: int = 48, seed: int = 0, train_share: float = 0.5) -> None:
+    def __init__(
+        self, n: int = 48, seed: int = 0, train_share: float = 0.5, limit_test: int | None = None
+    ) -> None:
         self.items = {i.id: i for i in domain_rules.generate_suite(n, seed)}
         self.train_share = train_share
+        self.limit_test = limit_test
+
+    @classmethod
+    def with_test_items(cls, n_test: int, seed: int = 0) -> DomainRulesTask:
+        """A half/half suite whose test split holds exactly `n_test` items. The suite is generated
+        in whole rounds over the rules (a partial round would put a rule's only item in train and
+        leave the test split short); the test split is then cut to `n_test`, still cycling rules."""
+        if n_test < 1:
+            raise UserError(f"--limit {n_test}: domain_rules needs at least 1 test item")
+        rounds = -(-n_test // len(domain_rules.RULES))  # ceil: whole rounds of every rule per split
+        return cls(n=2 * rounds * len(domain_rules.RULES), seed=seed, limit_test=n_test)
 
     def splits(self) -> tuple[list[Sample], list[Sample], list[Sample]]:
         train, test = domain_rules.split_suite(list(self.items.values()), self.train_share)
+        test = test[: self.limit_test] if self.limit_test is not None else test
 
         def samples(items: Sequence[domain_rules.RuleItem]) -> list[Sample]:
             return [Sample(id=i.id, question=i.question, label=i.answer) for i in items]

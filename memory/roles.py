@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import openai
 from langchain_core.exceptions import OutputParserException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -212,9 +213,16 @@ def _structured(chat_model: Any, schema: type[BaseModel]) -> Any:
     return chat_model.with_structured_output(schema)
 
 
-# What a bad *output* raises: the engines' parse step (OutputParserException), pydantic, JSON.
+# What a bad *output* raises: the engines' parse step (OutputParserException), pydantic, JSON, and
+# the openai client's refusal to parse a JSON object the server cut at the token cap (vLLM engine).
 # Everything else (a dead server, a TypeError) is a broken run, not a bad answer.
-PARSE_ERRORS: tuple[type[Exception], ...] = (OutputParserException, ValidationError, json.JSONDecodeError)
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    OutputParserException,
+    ValidationError,
+    json.JSONDecodeError,
+    openai.LengthFinishReasonError,
+    openai.ContentFilterFinishReasonError,
+)
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -44,6 +44,23 @@ def test_domain_rules_scoring_and_feedback() -> None:
     assert num.answer in domain_rules.feedback(num, "1", with_label=True)
 
 
+def test_domain_rules_task_holds_exactly_the_asked_test_items() -> None:
+    """`--limit N` is N test items: a suite of 2N items with N not a multiple of the rule count
+    used to put a rule's only item in train (`--limit 3` gave 0 test items)."""
+    n_rules = len(domain_rules.RULES)
+    for n in (1, 3, n_rules, n_rules + 1, 2 * n_rules):
+        train, _, test = DomainRulesTask.with_test_items(n).splits()
+        assert len(test) == n and len(train) >= n
+        assert len({s.id for s in test} & {s.id for s in train}) == 0
+    # a whole number of rounds is the same suite as before: results stay comparable
+    old = DomainRulesTask(n=4 * n_rules).splits()
+    new = DomainRulesTask.with_test_items(2 * n_rules).splits()
+    assert [s.id for s in old[2]] == [s.id for s in new[2]]
+    assert [s.id for s in old[0]] == [s.id for s in new[0]]
+    with pytest.raises(UserError, match="at least 1 test item"):
+        DomainRulesTask.with_test_items(0)
+
+
 def test_formula_and_finer_are_scored_as_the_reference_scores_them() -> None:
     assert formula_correct("15.00", "15.0") and formula_correct("1,500.0", "1500")
     assert not formula_correct("$15.00", "15.0")  # the reference is strict: a number or nothing

@@ -137,6 +137,40 @@ def test_invalid_output_is_retried_once_then_skipped(
     assert r.reflection is None and len(chat.prompts) == 1
 
 
+def test_output_cut_at_the_token_cap_is_a_skipped_step(tmp_path: Path) -> None:
+    """The vLLM engine's client refuses to parse a JSON object the server cut at the cap (a
+    Formula reasoning of digits): that is a bad output, skipped like any other, not a crash."""
+    import openai
+    from openai.types.chat import ChatCompletion
+    from openai.types.completion_usage import CompletionUsage
+
+    cut = ChatCompletion(
+        id="c",
+        created=0,
+        model="m",
+        object="chat.completion",
+        choices=[
+            {
+                "index": 0,
+                "finish_reason": "length",
+                "message": {"role": "assistant", "content": '{"a": "9999'},
+            }
+        ],
+        usage=CompletionUsage(completion_tokens=512, prompt_tokens=9, total_tokens=521),
+    )
+    pb = open_pb(tmp_path)
+    chat = ScriptedChat(
+        {
+            "GeneratorOutput": [openai.LengthFinishReasonError(completion=cut)],
+            "Reflection": lambda p: OutputParserException("not json"),
+        }
+    )
+    chat.temperature = 0.0  # type: ignore[attr-defined]
+    report = online_adapt(pb, [Sample(question="q", label="a")], chat, run_id="cut", progress=False)
+    (step,) = report.steps
+    assert step.skipped and "LengthFinishReasonError" in step.skipped[0] and pb.version == 0
+
+
 def test_a_broken_run_fails_loudly_instead_of_skipping(tmp_path: Path) -> None:
     """Only unparseable output is skipped: a bug or a dead server must stop the run."""
     pb = open_pb(tmp_path)
