@@ -218,8 +218,10 @@ def _forget_instances(case_id: str) -> None:
     """BFCL keeps each case's simulated API instances in module globals; drop this case's."""
     store = vars(bfcl().multi_turn)
     key = re.sub(r"[-./:]", "_", case_id)
-    # "_<id>_" so that case 1 does not match case 10's instances
-    for name in [k for k in store if f"_{key}_" in k and k.endswith("_instance")]:
+    # "_<id>_" so that case 1 does not match case 10's instances. `list(store)` copies the keys in
+    # one C call: iterating the live dict races with other workers' cases adding their instances
+    # ("dictionary changed size during iteration").
+    for name in [k for k in list(store) if f"_{key}_" in k and k.endswith("_instance")]:
         del store[name]
 
 

@@ -239,3 +239,40 @@ def test_report_pairs_modes_on_shared_cases_and_names_n(tmp_path: Path) -> None:
     assert "| simple_python | 0.75 [0.60, 0.86] n=40 | 0.25 [0.14, 0.40] n=40 |" in text
     assert "| prompt - constrained | +0.500 |" in text and "| 40 |" in text
     assert "| overall | 100 |" in text and "simple_java" in text  # missing categories are named
+
+
+def test_forgetting_a_case_while_other_workers_add_instances() -> None:
+    """Concurrent multi-turn cases add their API instances to BFCL's module globals while a
+    finished case drops its own; that must not fail with "dictionary changed size"."""
+    import sys
+    import threading
+
+    from factflow.evals.bfcl_runner import _forget_instances
+
+    store = vars(bfcl().multi_turn)
+    stop = threading.Event()
+
+    def other_worker() -> None:
+        i = 0
+        while not stop.is_set():
+            store[f"m_other_case_{i}_Api_instance"] = object()
+            store.pop(f"m_other_case_{i - 50}_Api_instance", None)
+            i += 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so the old live-dict iteration is caught
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    try:
+        for _ in range(3000):
+            store["m_mine_1_Api_instance"] = object()
+            store["m_mine_10_Api_instance"] = object()
+            _forget_instances("mine_1")
+            assert "m_mine_1_Api_instance" not in store
+            assert "m_mine_10_Api_instance" in store  # case 10's instances are not case 1's
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(old)
+        for name in [k for k in list(store) if k.startswith(("m_other_case_", "m_mine_"))]:
+            del store[name]
