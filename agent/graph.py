@@ -464,18 +464,30 @@ def build_graph(
         question = state.get("question", "")
         if not question:
             raise UserError("this thread has no answered question yet; ask something before giving feedback")
-        trajectory = "\n".join(
-            f"{m.name or 'tool'}: {m.content}"
-            for m in _history(state.get("messages", []))
-            if isinstance(m, ToolMessage)
-        )
+        turn = _current_turn(state.get("messages", []))
+        # The Generator's reasoning, as far as the turn kept any: reasoning text a server returned
+        # (content blocks of type "reasoning", or `reasoning_content`), then the tool calls it
+        # chose, in order. The Reflector judges the answer against these steps.
+        steps: list[str] = []
+        for m in turn:
+            if not isinstance(m, AIMessage):
+                continue
+            blocks = m.content if isinstance(m.content, list) else []
+            steps += [
+                str(b.get("reasoning") or b.get("text") or "")
+                for b in blocks
+                if isinstance(b, dict) and b.get("type") == "reasoning"
+            ]
+            steps.append(str(m.additional_kwargs.get("reasoning_content") or ""))
+            steps += [f"called {c['name']}({json.dumps(c['args'], sort_keys=True)})" for c in m.tool_calls]
         result = playbook.learn(
             question,
             state.get("answer", ""),
             state.get("feedback") or "",
             chat_model,
-            trajectory=trajectory,
+            trajectory="\n".join(_tool_results(turn)),  # name(args) -> result of this turn's calls
             used_bullet_ids=tuple(state.get("used_bullet_ids", [])),
+            reasoning="\n".join(s for s in steps if s.strip()),
         )
         dumped = result.model_dump(mode="json") if isinstance(result, BaseModel) else dict(result)
         return {"learn": dumped, "feedback": None, "playbook_version": int(playbook.version)}
