@@ -3,9 +3,10 @@
 Bullets appear as `[strat-00042] helpful=3 harmful=0 :: content` under `## section` headers so
 the Generator can cite them and see how each has fared. Over budget we do not truncate text
 (that is how ACE's reference code grows past 100K tokens, or silently cuts lessons in half); we
-*select* whole bullets, alternating between the
-most relevant to the query (cosine of MiniLM embeddings) and the most helpful
-(helpful - harmful), and say how many were left out.
+*select* whole bullets and say how many were left out: the most helpful (helpful - harmful)
+fill up to half the budget, the most relevant to the query (cosine of MiniLM embeddings) the
+rest. The helpful half comes first and does not depend on the query, so consecutive turns share
+that prompt prefix and a server's prefix cache reuses it; the query's picks follow it.
 
 Token counts use the local model's tokenizer (`tokenizer.json`, no torch import) by default, or
 tiktoken for OpenAI-style budgets (`FACTFLOW_PLAYBOOK_TOKENIZER=tiktoken:cl100k_base`).
@@ -28,6 +29,8 @@ from factflow.settings import Settings
 __all__ = ["RenderedPlaybook", "TokenCounter", "get_token_counter", "render_playbook", "bullet_line"]
 
 log = logging.getLogger(__name__)
+
+_QUERY_SUFFIX = " (for this question)"  # header of the bullets picked for the query, after the stable ones
 
 
 class RenderedPlaybook(BaseModel):
@@ -114,7 +117,7 @@ def render_playbook(
     cost = line_tokens or (lambda b: counter.count(bullet_line(b)) + 1)
     header_cost = {s: counter.count(f"## {s}") + 1 for s in state.sections}
 
-    def compose(chosen: list[Bullet], omitted: int) -> str:
+    def section_blocks(chosen: list[Bullet], suffix: str = "") -> list[str]:
         by_section: dict[str, list[Bullet]] = {}
         for b in chosen:
             by_section.setdefault(b.section, []).append(b)
@@ -123,7 +126,16 @@ def render_playbook(
             items = by_section.get(section)
             if items:
                 items.sort(key=lambda b: list_order[b.id])
-                blocks.append("\n".join([f"## {section}", *(bullet_line(b) for b in items)]))
+                blocks.append("\n".join([f"## {section}{suffix}", *(bullet_line(b) for b in items)]))
+        return blocks
+
+    def compose(chosen: list[Bullet], omitted: int, stable: int | None = None) -> str:
+        """Sections of `chosen`; with `stable`, its first `stable` bullets (query-independent)
+        come first and the rest under "(for this question)" headers after them."""
+        if stable is None:
+            blocks = section_blocks(chosen)
+        else:
+            blocks = [*section_blocks(chosen[:stable]), *section_blocks(chosen[stable:], _QUERY_SUFFIX)]
         if omitted:
             blocks.append(f"({omitted} more bullets left out to fit the token budget)")
         return "\n\n".join(blocks)
@@ -136,34 +148,42 @@ def render_playbook(
     if full and full_tokens <= budget_tokens or not bullets:
         return RenderedPlaybook(text=full, bullet_ids=[b.id for b in bullets], omitted=0, tokens=full_tokens)
 
-    # over budget: alternate the two rankings, taking every bullet that still fits
+    # over budget: the most helpful fill up to half the room (all of it without a query), then
+    # the most relevant to the query the rest; each takes every bullet that still fits
     by_help = sorted(bullets, key=lambda b: (-(b.helpful - b.harmful), list_order[b.id]))
-    rankings = [by_help]
-    if relevance:
-        rankings.insert(0, sorted(bullets, key=lambda b: (-relevance.get(b.id, 0.0), list_order[b.id])))
     footer_reserve = counter.count(f"({len(bullets)} more bullets left out to fit the token budget)") + 2
     room = budget_tokens - footer_reserve
     chosen: list[Bullet] = []
     taken: set[str] = set()
-    sections_used: set[str] = set()
-    cursors = [0] * len(rankings)
-    while any(c < len(bullets) for c in cursors) and room > 0:
-        for r, ranking in enumerate(rankings):
-            while cursors[r] < len(ranking):
-                b = ranking[cursors[r]]
-                cursors[r] += 1
-                if b.id in taken:
-                    continue
-                need = cost(b) + (0 if b.section in sections_used else header_cost[b.section] + 1)
-                if need <= room:
-                    room -= need
-                    chosen.append(b)
-                    taken.add(b.id)
-                    sections_used.add(b.section)
-                    break
+    headers: set[str] = set()
+
+    def take(ranking: list[Bullet], limit: int, suffix: str) -> int:
+        """Add bullets of `ranking` that fit in `limit` tokens; returns the tokens used."""
+        used = 0
+        for b in ranking:
+            if b.id in taken:
+                continue
+            header = (b.section, suffix)
+            need = cost(b) + (0 if header in headers else counter.count(f"## {b.section}{suffix}") + 2)
+            if used + need <= limit:
+                used += need
+                chosen.append(b)
+                taken.add(b.id)
+                headers.add(header)
+        return used
+
+    stable: int | None = None
+    if relevance:
+        room -= take(by_help, room // 2, "")
+        stable = len(chosen)
+        by_relevance = sorted(bullets, key=lambda b: (-relevance.get(b.id, 0.0), list_order[b.id]))
+        take(by_relevance, room, _QUERY_SUFFIX)
+    else:
+        take(by_help, room, "")
     # the sum of line costs is an estimate (tokens can merge across lines): trim until exact
     while True:
-        text = compose(chosen, len(bullets) - len(chosen))
+        kept_stable = None if stable is None else min(stable, len(chosen))  # the trim pops query picks first
+        text = compose(chosen, len(bullets) - len(chosen), kept_stable)
         tokens = counter.count(text)
         if tokens <= budget_tokens or not chosen:
             break
