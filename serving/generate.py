@@ -83,6 +83,9 @@ class CausalLMSource:
             position_ids=self._positions(attention_mask),
             past_key_values=self._cache,
             use_cache=True,
+            # Only the last position's logits are used: the LM head over the whole prompt would
+            # cost T x (hidden x vocab) multiply-adds for nothing.
+            logits_to_keep=1,
         )
         self._cache = out.past_key_values
         return out.logits[:, -1, :]
@@ -98,6 +101,10 @@ class CausalLMSource:
         )
         self._cache = out.past_key_values
         return out.logits[:, -1, :]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows in the KV cache (the others finished)."""
+        self._cache.batch_select_indices(rows)
 
 
 @dataclass
@@ -150,12 +157,30 @@ def _compiled_schema(tokenizer: Any, vocab_size: int, schema_json: str) -> Any:
 
 
 class _RowState:
+    """One row's output. Text is detokenised incrementally: each token decodes a short window
+    (`prefix_offset`..end) instead of the whole row, the way vLLM and TGI stream text."""
+
     def __init__(self, stop: Sequence[str]) -> None:
         self.ids: list[int] = []
         self.text = ""
         self.emitted = 0
         self.finish: Literal["stop", "length"] | None = None
         self.stop = list(stop)
+        self.prefix_offset = 0  # ids[prefix_offset:read_offset] give context for the next token's text
+        self.read_offset = 0  # ids before it are already in `text`
+
+    def add_text(self, tokenizer: Any, final: bool) -> int:
+        """Append the text of ids not yet in `text`; returns where the new text starts.
+
+        A token that ends inside a UTF-8 character decodes to U+FFFD until the next token completes
+        it, so such text waits (unless the row is final: then it is what a full decode gives)."""
+        before = len(self.text)
+        prefix = tokenizer.decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        window = tokenizer.decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
+        if len(window) > len(prefix) and (final or not window.endswith("\ufffd")):
+            self.text += window[len(prefix) :]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        return before
 
 
 def _penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -207,6 +232,10 @@ def generate_stream(
     rows = [_RowState(params.stop) for _ in prompts]
     hold_back = max((len(s) for s in params.stop), default=1) - 1
     gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+    # Rows still decoding, in batch order; finished rows leave the batch when the source can drop
+    # them from its KV cache (`keep`), so a long answer doesn't carry the short ones' dead rows.
+    active = list(range(batch))
+    keep = getattr(source, "keep", None)
 
     matchers: list[Any] = []
     bitmask = None
@@ -233,49 +262,64 @@ def generate_stream(
             import xgrammar as xgr
 
             assert bitmask is not None  # allocated together with the matchers
-            for i, m in enumerate(matchers):
+            for j, i in enumerate(active):
                 if rows[i].finish is None:
-                    m.fill_next_token_bitmask(bitmask, i)
-            xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=logits.shape[-1])
+                    matchers[i].fill_next_token_bitmask(bitmask, j)
+            mask = bitmask[: len(active)].to(logits.device)
+            xgr.apply_token_bitmask_inplace(logits, mask, vocab_size=logits.shape[-1])
         tokens = _sample(logits, params, gen)
 
-        for i, row in enumerate(rows):
+        for j, i in enumerate(active):
+            row = rows[i]
             if row.finish is not None:
                 continue
-            tok = int(tokens[i])
+            tok = int(tokens[j])
             if seen is not None:
-                seen[i, tok] = True
+                seen[j, tok] = True
             grammar_done = False
             if matchers:
                 matchers[i].accept_token(tok)
                 grammar_done = matchers[i].is_terminated()
             if tok in eos:
                 row.finish = "stop"
+                row.add_text(tokenizer, final=True)
             else:
                 row.ids.append(tok)
-                row.text = tokenizer.decode(row.ids, skip_special_tokens=True)
-                cut = min((row.text.find(s) for s in row.stop if s in row.text), default=-1)
+                last = step == params.max_new_tokens - 1
+                before = row.add_text(tokenizer, final=last or grammar_done)
+                # Text before this token held no stop sequence, so a match ends in the new part.
+                cut = min(
+                    (c for c in (row.text.find(s, max(0, before - len(s) + 1)) for s in row.stop) if c >= 0),
+                    default=-1,
+                )
                 if cut >= 0:
                     row.text = row.text[:cut]
                     row.finish = "stop"
                 elif grammar_done:
                     row.finish = "stop"
-                elif step == params.max_new_tokens - 1:
+                elif last:
                     row.finish = "length"
             final = row.finish is not None
-            # Hold back a possible stop-sequence prefix and an unfinished UTF-8 character.
+            # Hold back a possible stop-sequence prefix.
             upto = len(row.text) if final else max(row.emitted, len(row.text) - hold_back)
-            if not final and row.text.endswith("\ufffd"):
-                upto = min(upto, len(row.text) - 1)
             if upto > row.emitted or final:
                 yield StreamDelta(i, row.text[row.emitted : upto], row.finish, row.ids if final else None)
                 row.emitted = max(row.emitted, upto)
-        if all(r.finish is not None for r in rows):
+        live = [j for j, i in enumerate(active) if rows[i].finish is None]
+        if not live:
             break
+        if keep is not None and len(live) < len(active):
+            rows_kept = torch.tensor(live, dtype=torch.long)
+            keep(rows_kept)
+            active = [active[j] for j in live]
+            tokens, attention_mask = tokens[rows_kept], attention_mask[rows_kept]
+            if seen is not None:
+                seen = seen[rows_kept]
         tokens = torch.where(
-            torch.tensor([r.finish is None for r in rows]), tokens, torch.full_like(tokens, pad_id)
+            torch.tensor([rows[i].finish is None for i in active]), tokens, torch.full_like(tokens, pad_id)
         )
-        attention_mask = torch.cat([attention_mask, torch.ones((batch, 1), dtype=torch.long)], dim=1)
+        ones = torch.ones((len(active), 1), dtype=torch.long)
+        attention_mask = torch.cat([attention_mask, ones], dim=1)
         logits = source.step(tokens.unsqueeze(-1), attention_mask)
 
 
