@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BootstrapResult", "wilson_interval", "paired_bootstrap", "fmt_rate", "fmt_interval"]
+__all__ = [
+    "BootstrapResult",
+    "wilson_interval",
+    "paired_bootstrap",
+    "fmt_rate",
+    "fmt_interval",
+    "mean_interval",
+]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -88,3 +95,28 @@ def fmt_rate(successes: int, n: int, z: float = 1.96) -> str:
         return "n/a n=0"
     low, high = wilson_interval(successes, n, z)
     return f"{successes / n:.2f} {fmt_interval(low, high)} n={n}"
+
+
+# Two-sided 95% Student-t quantiles t(0.975, df) for df = 1..30; beyond 30 the normal 1.96.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+         2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the 95% Student-t interval of the mean of independent runs (e.g. seeds).
+
+        half = t(0.975, k-1) * s / sqrt(k),   s = sample standard deviation of the k values
+
+    With one value there is no spread to estimate: the interval is (nan, nan).
+    """
+    if not values:
+        raise ValueError("mean_interval needs at least one value")
+    k = len(values)
+    mean = float(np.mean(values))
+    if k == 1:
+        return mean, math.nan, math.nan
+    sd = float(np.std(values, ddof=1))
+    t = _T975[k - 2] if k - 1 <= len(_T975) else 1.96
+    half = t * sd / math.sqrt(k)
+    return mean, mean - half, mean + half

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +362,7 @@ def tune_expert(
     base: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
+    on_epoch: Callable[[Any, int], bool] | None = None,
 ) -> Path:
     """Fine-tune a copy of the anti-expert on prompt/completion pairs, leaving everything else alone.
 
@@ -372,6 +373,7 @@ def tune_expert(
     and proxy-tuning adds that to the base. The KL term pins expert = anti-expert, i.e. a zero steer,
     on the text the base really writes. `base` is the model whose answers those are; by default the
     one the anti-expert was distilled from. `retain_per_epoch=0` turns the term off.
+    `on_epoch(expert, optimizer steps so far)` runs after each epoch; True stops tuning there.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -404,6 +406,7 @@ def tune_expert(
     steps = epochs * ((len(facts) + n_keep + batch_size - 1) // batch_size)
     bar = tqdm(total=steps, desc="tune expert", disable=not progress)
     loss = torch.tensor(0.0)
+    done = 0
     for _ in range(epochs):
         for batch in batches(facts + rng.sample(keep, n_keep), batch_size, rng):
             ids, mask, labels, _starts = pad_pairs([pair for pair, _ in batch], tokenizer.pad_token_id)
@@ -421,8 +424,15 @@ def tune_expert(
                 hold = answer * is_keep
                 loss = loss + (_kl_per_token(a_logp, logp) * hold).sum() / hold.sum().clamp(min=1)
             clipped_step(opt, params, loss)
+            done += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
             bar.update()
+        if on_epoch is not None:
+            model.eval()
+            stop = on_epoch(model, done)
+            model.train()
+            if stop:
+                break
     bar.close()
     model.eval()
     return _save(
@@ -434,6 +444,7 @@ def tune_expert(
             "anti_expert": str(anti_expert_dir),
             "examples": len(rows),
             "epochs": epochs,
+            "steps": done,
             "retain_prompts": len(retain),
             "retain_per_epoch": n_keep,
             "final_loss": loss.item(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -135,13 +135,16 @@ def train_reft(
     model: nn.Module | None = None,
     tokenizer: Any = None,
     progress: bool = True,
+    on_epoch: Callable[[nn.Module, int], bool] | None = None,
 ) -> Path:
     """Train a LoReFT adapter on a frozen model and save it to `out_dir`; returns the folder.
 
     `model`/`tokenizer` may be passed to reuse an already loaded base (its weights stay untouched:
     only the adapter's parameters are given to the optimizer and the base's `requires_grad` flags
     are restored afterwards). The report (trainable parameters, losses, time per epoch) is saved
-    as training.json in the folder.
+    as training.json in the folder. `on_epoch(model, optimizer steps so far)` runs after each epoch
+    with the adapter attached (the model answers as the adapted model); True stops training there
+    (the lab stops once the training set is recalled).
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -182,6 +185,7 @@ def train_reft(
     val_losses: list[float] = []
     secs: list[float] = []
     best, best_state, bad_epochs, stopped = float("inf"), adapter.tensors(), 0, False
+    steps = 0
     bar = tqdm(range(tc.epochs), desc="reft", disable=not progress, unit="epoch")
     if progress:
         tqdm.write(
@@ -201,10 +205,12 @@ def train_reft(
                     optim.step()
                     sched.step()
                     optim.zero_grad(set_to_none=True)
+                    steps += 1
             if any(p.grad is not None for p in params):  # flush a last partial accumulation
                 optim.step()
                 sched.step()
                 optim.zero_grad(set_to_none=True)
+                steps += 1
             adapter.eval()
             train_losses.append(running / max(n, 1))
             # no held-out split (memorising facts): the epoch's training loss is the signal, which
@@ -220,6 +226,10 @@ def train_reft(
             else:
                 bad_epochs += 1
             if bad_epochs >= tc.patience or (tc.stop_loss is not None and val < tc.stop_loss):
+                stopped = True
+                break
+            if on_epoch is not None and on_epoch(model, steps):
+                best_state = adapter.tensors()  # the state the caller judged good enough
                 stopped = True
                 break
     finally:

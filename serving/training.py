@@ -20,6 +20,7 @@ __all__ = [
     "EncodedPair",
     "PairBatch",
     "chat_prompt_ids",
+    "chat_messages_ids",
     "end_of_turn",
     "encode_pair",
     "right_pad",
@@ -66,7 +67,14 @@ def chat_prompt_ids(
     messages = [{"role": "user", "content": prompt}]
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return chat_messages_ids(tokenizer, messages)
+
+
+def chat_messages_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """A whole conversation ({"role", "content"} dicts) in the chat template, ready for the next
+    assistant turn: multi-turn training (a tool call, its result, the answer) encodes each
+    assistant turn after exactly the prefix it is generated from."""
+    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -70,3 +70,17 @@ def test_paired_bootstrap_bad_input() -> None:
         paired_bootstrap([1.0], [1.0, 0.0])
     with pytest.raises(ValueError, match="at least one"):
         paired_bootstrap([], [])
+
+
+def test_mean_interval_matches_the_t_formula() -> None:
+    from factflow.evals.stats import mean_interval
+
+    # values 1, 2, 3: mean 2, s = 1, t(0.975, 2) = 4.303 -> half width 4.303 / sqrt(3) = 2.4843
+    mean, low, high = mean_interval([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0)
+    assert (low, high) == (pytest.approx(2 - 2.4843, abs=1e-3), pytest.approx(2 + 2.4843, abs=1e-3))
+    assert mean_interval([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+    one = mean_interval([0.7])
+    assert one[0] == 0.7 and one[1] != one[1]  # nan: one run has no spread
+    with pytest.raises(ValueError):
+        mean_interval([])
