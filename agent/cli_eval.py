@@ -23,15 +23,23 @@ def _csv(value: str) -> list[str]:
 @eval_app.command("lab")
 def lab(
     routes: str = typer.Option(
-        "none,playbook,store,full_ft,lora,reft,proxy", help="Comma-separated routes to compare."
+        "none,playbook,store,full_ft,lora,reft,proxy,tool_ft", help="Comma-separated routes to compare."
     ),
     sizes: str = typer.Option("16,256", help="Comma-separated numbers of facts, e.g. 16,256,1024."),
     out: Path = typer.Option(Path("lab-results"), help="Folder for results.jsonl, report.md and plots."),
     seed: int = typer.Option(0, help="Data, sampling and training seed."),
-    seeds: int = typer.Option(1, min=1, help="Run K seeds: SEED .. SEED+K-1, one row per seed, one report."),
-    quick: bool = typer.Option(False, help="CI budget: 8 facts, 1-2 optimizer steps (ignores --sizes)."),
-    epochs: int = typer.Option(8, help="Training epochs of weight routes (upper bound)."),
-    max_steps: int = typer.Option(48, help="Optimizer step cap of weight routes (bounds CPU time)."),
+    seeds: int | None = typer.Option(
+        None, min=1, help="Run K seeds: SEED .. SEED+K-1, one report with mean and 95% interval "
+        "per cell [default: 3; 1 with --quick]."
+    ),
+    quick: bool = typer.Option(False, help="CI budget, a few minutes: 8 facts, one epoch (ignores --sizes)."),
+    target_recall: float = typer.Option(0.99, help="Trained routes stop once training recall reaches this."),
+    max_epochs: int = typer.Option(10, help="...or after this many epochs over every training example."),
+    recall_sample: int = typer.Option(64, help="Training questions whose recall is checked per epoch."),
+    max_train_minutes: float = typer.Option(
+        60.0, help="A cell needing longer is left out of the table and listed as such (0 = no limit)."
+    ),
+    retention_questions: int = typer.Option(0, help="Questions of the frozen retention set asked (0 = all)."),
     eval_facts: int = typer.Option(48, help="Facts sampled for efficacy/paraphrase questions."),
     eval_two_hop: int = typer.Option(24, help="Two-hop questions asked."),
     locality_candidates: int = typer.Option(0, help="Candidate locality probes tried (0 = all)."),
@@ -60,8 +68,10 @@ def lab(
         cfg = quick_config(out, model_path=model_path, cache_dir=cache_dir, seed=seed, routes=route_list)
     else:
         budget = RouteBudget(
-            epochs=epochs,
-            max_steps=max_steps,
+            target_recall=target_recall,
+            max_epochs=max_epochs,
+            recall_sample=recall_sample,
+            max_train_s=max_train_minutes * 60 if max_train_minutes > 0 else None,
             seed=seed,
             max_new_tokens=max_new_tokens,
             train_batch_size=train_batch_size,
@@ -81,8 +91,10 @@ def lab(
             eval_two_hop=eval_two_hop,
             locality_candidates=locality_candidates or None,
             n_neutral=neutral,
+            retention_questions=retention_questions or None,
         )
-    for k in range(seeds):  # rows are keyed by seed, so each seed resumes on its own
+    n_seeds = seeds if seeds is not None else 1 if quick else 3
+    for k in range(n_seeds):  # rows are keyed by seed, so each seed resumes on its own
         run_seed = seed + k
         budget = cfg.budget.model_copy(update={"seed": run_seed})
         report = run_lab(cfg.model_copy(update={"seed": run_seed, "budget": budget}))

@@ -5,6 +5,9 @@
 A row is appended to DIR/results.jsonl as soon as a (route, size, seed) finishes, so an interrupted
 run resumes where it stopped; the report (DIR/report.md + PNG plots) is rebuilt from all rows at the
 end. The `none` route always runs first at every size: it is the reference for latency ratios.
+A trained cell that would run past the CPU-time limit is recorded in DIR/left_out.jsonl instead
+(never as a capped result) and listed in the report. With several seeds every cell shows the mean
+over seeds with its 95% Student-t interval and n (seeds x questions).
 
 Anchor (Houliston et al., "Provable Benefits of In-Tool Learning for LLMs", arXiv 2508.20755,
 SmolLM-135M, up to 50k facts): in-weight recall 0.997, HellaSwag 76% of base, KL 7.9;
@@ -28,10 +31,21 @@ from tqdm.auto import tqdm
 from factflow.errors import UserError
 from factflow.evals.lab_data import LabData, Probe, locality_probes, make_lab_data
 from factflow.evals.lab_metrics import TextLogprobs, accuracy, kl_to_base, latency_ratio, ppl_ratio
-from factflow.evals.lab_routes import ROUTES, Answerer, RouteBudget, learn, route_unavailable
-from factflow.evals.stats import fmt_rate
+from factflow.evals.lab_retention import RetentionQuestion, load_retention_set
+from factflow.evals.lab_routes import ROUTES, Answerer, RouteBudget, TooCostly, learn, route_unavailable
+from factflow.evals.stats import fmt_interval, fmt_rate, mean_interval
 
-__all__ = ["LabConfig", "RunRow", "ANCHORS", "run_lab", "quick_config", "write_report", "load_rows"]
+__all__ = [
+    "LabConfig",
+    "RunRow",
+    "LeftOut",
+    "ANCHORS",
+    "run_lab",
+    "quick_config",
+    "write_report",
+    "load_rows",
+    "load_left_out",
+]
 
 class Anchor(TypedDict):
     route: str
@@ -44,8 +58,8 @@ ANCHORS: list[Anchor] = [
     {"route": "in-weight (paper)", "recall": 0.997, "retention": 0.76, "kl": 7.9},
     {"route": "in-tool (paper)", "recall": 0.96, "retention": 0.998, "kl": 0.03},
 ]
-WEIGHT_ROUTES = ("full_ft", "lora", "proxy")  # routes whose weights change (reft edits activations)
-METRICS = ("efficacy", "paraphrase", "two_hop", "locality", "kl", "ppl_ratio", "latency_ratio")
+WEIGHT_ROUTES = ("full_ft", "lora", "proxy", "tool_ft")  # routes whose weights change (reft: activations)
+METRICS = ("efficacy", "paraphrase", "two_hop", "locality", "retention", "kl", "ppl_ratio", "latency_ratio")
 
 
 class LabConfig(BaseModel):
@@ -62,6 +76,9 @@ class LabConfig(BaseModel):
     eval_two_hop: int = Field(24, ge=1)
     locality_candidates: int | None = Field(None, description="Candidate probes tried (None = all).")
     n_neutral: int = Field(12, ge=1, description="Neutral sentences for KL and perplexity.")
+    retention_questions: int | None = Field(
+        None, ge=1, description="Questions of the frozen retention set asked (None = all of them)."
+    )
     threads: int = Field(
         1, ge=1, description="torch CPU threads; 1 is fastest on a shared, oversubscribed CPU (3x measured)"
     )
@@ -79,6 +96,7 @@ class RunRow(BaseModel):
     paraphrase: float
     two_hop: float
     locality: float
+    retention: float
     kl: float
     ppl_ratio: float
     trainable_params: int
@@ -90,17 +108,30 @@ class RunRow(BaseModel):
     samples: list[dict[str, str]]
     notes: str
     budget: dict[str, Any]
+    fit: dict[str, Any] | None = None  # trained routes: steps, epochs, training recall, train_s
+    finished_at: str
+
+
+class LeftOut(BaseModel):
+    """A (route, size, seed) the CPU-time limit ruled out: reported, never published as a number."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    route: str
+    size: int
+    seed: int
+    reason: str
     finished_at: str
 
 
 def quick_config(out: Path, *, model_path: str, cache_dir: Path, seed: int = 0,
                  routes: list[str] | None = None) -> LabConfig:
-    """Seconds-to-minutes budgets for CI: 8 facts, one or two optimizer steps per weight route."""
-    budget = RouteBudget(max_new_tokens=8, batch_size=8, epochs=1, max_steps=1, proxy_k_layers=2,
-                         proxy_distill_epochs=1, seed=seed)
+    """Minutes budgets for CI: 8 facts, one epoch per trained route, small evaluation samples."""
+    budget = RouteBudget(max_new_tokens=8, batch_size=8, max_epochs=1, recall_sample=4, proxy_k_layers=2,
+                         proxy_distill_epochs=1, tool_demos=4, tool_max_new_tokens=32, seed=seed)
     return LabConfig(routes=routes or list(ROUTES), sizes=[8], out=out, seed=seed, model_path=model_path,
                      cache_dir=cache_dir, budget=budget, eval_facts=4, eval_two_hop=2,
-                     locality_candidates=6, n_neutral=2)
+                     locality_candidates=6, n_neutral=2, retention_questions=8)
 
 
 def load_rows(path: Path) -> list[RunRow]:
@@ -109,14 +140,20 @@ def load_rows(path: Path) -> list[RunRow]:
     return [RunRow.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def load_left_out(path: Path) -> list[LeftOut]:
+    if not path.exists():
+        return []
+    return [LeftOut.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _timed_answer(ans: Answerer, questions: list[str]) -> tuple[list[str], float]:
     start = time.perf_counter()
     preds = ans.answer(questions) if questions else []
     return preds, time.perf_counter() - start
 
 
-def _evaluate(route: str, ans: Answerer, data: LabData, probes: list[Probe], base_lp: list[TextLogprobs],
-              cfg: LabConfig, learn_s: float, base_spq: float | None) -> RunRow:
+def _evaluate(route: str, ans: Answerer, data: LabData, probes: list[Probe], general: list[RetentionQuestion],
+              base_lp: list[TextLogprobs], cfg: LabConfig, learn_s: float, base_spq: float | None) -> RunRow:
     rng = random.Random(f"eval-{cfg.seed}-{data.size}")
     facts = rng.sample(data.facts, min(cfg.eval_facts, len(data.facts)))
     hops = data.two_hop[: cfg.eval_two_hop]
@@ -124,8 +161,9 @@ def _evaluate(route: str, ans: Answerer, data: LabData, probes: list[Probe], bas
     para, t2 = _timed_answer(ans, [f.paraphrase for f in facts])
     hop, t3 = _timed_answer(ans, [h.question for h in hops])
     loc, t4 = _timed_answer(ans, [p.question for p in probes])
-    n_q = len(facts) * 2 + len(hops) + len(probes)
-    spq = (t1 + t2 + t3 + t4) / max(n_q, 1)
+    ret, t5 = _timed_answer(ans, [g.question for g in general])
+    n_q = len(facts) * 2 + len(hops) + len(probes) + len(general)
+    spq = (t1 + t2 + t3 + t4 + t5) / max(n_q, 1)
     lp = ans.logprobs_on(data.neutral)
     route_lp = lp if lp is not None else base_lp  # no logprobs: the route leaves predictions untouched
     samples = [
@@ -139,6 +177,7 @@ def _evaluate(route: str, ans: Answerer, data: LabData, probes: list[Probe], bas
         paraphrase=accuracy(para, [f.object for f in facts]),
         two_hop=accuracy(hop, [h.answer for h in hops]),
         locality=accuracy(loc, [p.answers for p in probes]),
+        retention=accuracy(ret, [g.answers for g in general]),
         kl=kl_to_base(base_lp, route_lp),
         ppl_ratio=ppl_ratio(base_lp, route_lp),
         trainable_params=ans.trainable_params,
@@ -146,11 +185,12 @@ def _evaluate(route: str, ans: Answerer, data: LabData, probes: list[Probe], bas
         seconds_per_query=spq,
         latency_ratio=latency_ratio(spq, base_spq if base_spq is not None else spq),
         n_eval={"facts": len(facts), "two_hop": len(hops), "locality": len(probes),
-                "neutral": len(data.neutral)},
+                "retention": len(general), "neutral": len(data.neutral)},
         layer_change=ans.layer_change,
         samples=samples,
         notes=ans.notes,
         budget=cfg.budget.model_dump(),
+        fit=ans.fit,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
@@ -165,7 +205,10 @@ def run_lab(cfg: LabConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     results = cfg.out / "results.jsonl"
     (cfg.out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    left_out = cfg.out / "left_out.jsonl"
     done = {(r.route, r.size, r.seed) for r in load_rows(results)}
+    done |= {(g.route, g.size, g.seed) for g in load_left_out(left_out)}
+    general = load_retention_set(limit=cfg.retention_questions)
     routes = ["none"] + [r for r in cfg.routes if r != "none"]
     skipped = {r: why for r in routes if (why := route_unavailable(r))}
     base: Answerer | None = None
@@ -187,10 +230,19 @@ def run_lab(cfg: LabConfig) -> Path:
                          if r.route == "none" and r.size == size and r.seed == cfg.seed), None)
         work = cfg.out / "work" / f"{route}-{size}-s{cfg.seed}"
         start = time.perf_counter()
-        ans = base if route == "none" else learn(route, data.facts, model_path=cfg.model_path, work_dir=work,
-                                                 budget=cfg.budget, cache_dir=cfg.cache_dir)
+        try:
+            ans = base if route == "none" else learn(
+                route, data.facts, model_path=cfg.model_path, work_dir=work, budget=cfg.budget,
+                cache_dir=cfg.cache_dir)  # fmt: skip
+        except TooCostly as exc:
+            gone = LeftOut(route=route, size=size, seed=cfg.seed, reason=str(exc),
+                           finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            with left_out.open("a") as fh:
+                fh.write(gone.model_dump_json() + "\n")
+            gc.collect()
+            continue
         learn_s = 0.0 if route == "none" else time.perf_counter() - start
-        row = _evaluate(route, ans, data, probes, base_lp, cfg, learn_s, base_spq)
+        row = _evaluate(route, ans, data, probes, general, base_lp, cfg, learn_s, base_spq)
         with results.open("a") as fh:
             fh.write(row.model_dump_json() + "\n")
         if ans is not base:
@@ -215,6 +267,61 @@ def _rate(x: float, n: int) -> str:
     return fmt_rate(round(x * n), n)
 
 
+N_KEY = {"efficacy": "facts", "paraphrase": "facts", "two_hop": "two_hop", "locality": "locality",
+         "retention": "retention"}  # fmt: skip
+
+
+def _cells(rows: list[RunRow]) -> dict[tuple[str, int], list[RunRow]]:
+    """Rows grouped by (route, size): one cell per group, its seeds as repeats."""
+    cells: dict[tuple[str, int], list[RunRow]] = {}
+    for r in rows:
+        cells.setdefault((r.route, r.size), []).append(r)
+    return cells
+
+
+def _stat(cell: list[RunRow], metric: str) -> tuple[float, float, float]:
+    """(mean, low, high) of a metric over a cell's seeds: one seed -> Wilson for rates; several ->
+    the Student-t interval over seeds (rates clipped to [0, 1]); nan bounds when none applies."""
+    values = [float(getattr(r, metric)) for r in cell if not math.isnan(float(getattr(r, metric)))]
+    if not values:
+        return math.nan, math.nan, math.nan
+    if len(values) == 1 and metric in N_KEY:
+        n = cell[0].n_eval.get(N_KEY[metric], 0)
+        if n <= 0:
+            return values[0], math.nan, math.nan
+        from factflow.evals.stats import wilson_interval
+
+        low, high = wilson_interval(round(values[0] * n), n)
+        return values[0], low, high
+    mean, low, high = mean_interval(values)
+    if metric in N_KEY and not math.isnan(low):
+        low, high = max(0.0, low), min(1.0, high)
+    return mean, low, high
+
+
+def _cell_text(cell: list[RunRow], metric: str, digits: int = 2) -> str:
+    """'mean [low, high] n=...' where n = seeds x questions (rates) or seeds (other numbers)."""
+    mean, low, high = _stat(cell, metric)
+    if math.isnan(mean):
+        return "n/a"
+    text = f"{mean:.{digits}f}"
+    if not math.isnan(low):
+        text += " " + (fmt_interval(low, high) if digits == 2 else f"[{low:.{digits}f}, {high:.{digits}f}]")
+    per = cell[0].n_eval.get(N_KEY[metric], 0) if metric in N_KEY else 0
+    n = f"{len(cell)}x{per}" if per and len(cell) > 1 else str(per) if per else f"{len(cell)} seed(s)"
+    return f"{text} n={n}"
+
+
+def _fit_text(cell: list[RunRow]) -> str:
+    fits = [r.fit for r in cell if r.fit]
+    if not fits:
+        return "-"
+    steps = "/".join(str(f["steps"]) for f in fits)
+    reached = sum(bool(f["reached_target"]) for f in fits)
+    recall = sum(float(f["train_recall"]) for f in fits) / len(fits)
+    return f"{steps} steps; target reached {reached}/{len(fits)}; train recall {recall:.2f}"
+
+
 def _thirds(change: dict[str, float] | None) -> tuple[str, str, str, str]:
     """Mean relative change in the lower / middle / upper third of decoder layers, and 'other'."""
     if not change:
@@ -233,18 +340,23 @@ def _plots(out: Path, rows: list[RunRow]) -> list[str]:
     import matplotlib.pyplot as plt
 
     routes = sorted({r.route for r in rows}, key=lambda x: ROUTES.index(x) if x in ROUTES else 99)
+    cells = _cells(rows)
     files = []
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, metric in zip(axes, ("efficacy", "paraphrase"), strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    for ax, metric in zip(axes, ("efficacy", "paraphrase", "retention"), strict=True):
         for route in routes:
-            pts = sorted((r.size, getattr(r, metric)) for r in rows if r.route == route)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=route)
+            sizes = sorted(size for (r, size) in cells if r == route)
+            stats = [_stat(cells[route, size], metric) for size in sizes]
+            means = [m for m, _, _ in stats]
+            lows = [0.0 if math.isnan(lo) else m - lo for m, lo, _ in stats]
+            highs = [0.0 if math.isnan(hi) else hi - m for m, _, hi in stats]
+            ax.errorbar(sizes, means, yerr=[lows, highs], marker="o", capsize=3, label=route)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("facts learned")
-        ax.set_title(f"{metric} recall vs number of facts")
+        ax.set_title(f"{metric} vs number of facts (95% interval)")
         ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("recall (contains match)")
-    axes[1].legend(fontsize=8)
+    axes[0].set_ylabel("recall / accuracy (contains match)")
+    axes[2].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "recall_vs_facts.png", dpi=110)
     plt.close(fig)
@@ -313,13 +425,19 @@ def write_report(out: Path, *, skipped: dict[str, str] | None = None) -> Path:
     rows.sort(key=lambda r: (r.size, ROUTES.index(r.route) if r.route in ROUTES else 99, r.seed))
     rows = _with_current_latency(rows)
     cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    budget = cfg.get("budget", {})
     plots = _plots(out, rows)
     lines = [
         "# Knowledge-accessibility lab",
         "",
-        f"Model: `{cfg.get('model_path', '?')}`; seed {cfg.get('seed', '?')}; "
+        f"Model: `{cfg.get('model_path', '?')}`; seeds {sorted({r.seed for r in rows})}; "
         f"written {datetime.now(UTC).isoformat(timespec='seconds')}.",
-        "Rates are shown as 'rate [95% Wilson interval] n=questions'. "
+        "One seed: 'rate [95% Wilson interval] n=questions'. Several seeds: 'mean [95% Student-t interval "
+        "over seeds] n=seeds x questions'. Budget rule of every trained route: whole epochs until greedy "
+        f"recall of {budget.get('recall_sample', '?')} sampled training questions reaches "
+        f"{budget.get('target_recall', '?')}, or {budget.get('max_epochs', '?')} epochs over every example; "
+        "the last column says how many steps ran and whether the target was reached. Retention: accuracy "
+        "on the lab's frozen general-knowledge set (evals/data/lab_retention.jsonl). "
         "Recall = contains match of greedy answers. Efficacy: the training question; paraphrase: a question "
         "template never trained on; two-hop: composes two learned facts; locality: accuracy on general "
         "questions the base answers correctly (1.0 = nothing forgotten). KL(base || route) and the "
@@ -327,21 +445,26 @@ def write_report(out: Path, *, skipped: dict[str, str] | None = None) -> Path:
         "",
         "## Main table",
         "",
-        "| route | facts | efficacy | paraphrase | two-hop | locality | KL | PPL ratio | trainable params "
-        "| learn s | latency x | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| route | facts | seeds | efficacy | paraphrase | two-hop | locality | retention | KL | PPL ratio "
+        "| trainable params | learn s | latency x | training (budget rule) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    several_seeds = len({r.seed for r in rows}) > 1
-    for r in rows:
-        name = f"{r.route} (seed {r.seed})" if several_seeds else r.route
+    for (route, size), cell in _cells(rows).items():
+        learn_s = sum(r.learn_s for r in cell) / len(cell)
         lines.append(
-            f"| {name} | {r.size} | {_rate(r.efficacy, r.n_eval.get('facts', 0))} "
-            f"| {_rate(r.paraphrase, r.n_eval.get('facts', 0))} "
-            f"| {_rate(r.two_hop, r.n_eval.get('two_hop', 0))} "
-            f"| {_rate(r.locality, r.n_eval.get('locality', 0))} | {_fmt(r.kl, 3)} | {_fmt(r.ppl_ratio, 3)} "
-            f"| {r.trainable_params:,} "
-            f"| {r.learn_s:.0f} | {_fmt(r.latency_ratio, 2)} | {r.notes} |"
+            f"| {route} | {size} | {len(cell)} | {_cell_text(cell, 'efficacy')} "
+            f"| {_cell_text(cell, 'paraphrase')} | {_cell_text(cell, 'two_hop')} "
+            f"| {_cell_text(cell, 'locality')} | {_cell_text(cell, 'retention')} "
+            f"| {_cell_text(cell, 'kl', 3)} | {_cell_text(cell, 'ppl_ratio', 3)} "
+            f"| {cell[0].trainable_params:,} | {learn_s:.0f} | {_cell_text(cell, 'latency_ratio')} "
+            f"| {_fit_text(cell)} |"
         )
+    left = load_left_out(out / "left_out.jsonl")
+    if left:
+        lines += ["", "## Left out (CPU time)", "",
+                  "These cells were stopped by the time limit before the budget rule ended them; "
+                  "no number is published for them.", ""]  # fmt: skip
+        lines += [f"- {g.route} @ {g.size} facts, seed {g.seed}: {g.reason}" for g in left]
     lines += [
         "",
         "## Anchor: Houliston et al., arXiv 2508.20755 (SmolLM-135M, up to 50k facts)",

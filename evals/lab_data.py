@@ -36,6 +36,7 @@ __all__ = [
     "neutral_texts",
     "MIN_SIZE",
     "MAX_SIZE",
+    "same_question",
 ]
 
 MIN_SIZE = 1
@@ -160,11 +161,9 @@ _NEUTRAL = (
 )
 
 _LOCALITY_CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("What is the capital of France?", ("paris",)),
     ("What is the capital of Germany?", ("berlin",)),
     ("What is the capital of Italy?", ("rome",)),
     ("What is the capital of Spain?", ("madrid",)),
-    ("What is the capital of Japan?", ("tokyo",)),
     ("What is the capital of England?", ("london",)),
     ("What is the capital of Russia?", ("moscow",)),
     ("What is the capital of China?", ("beijing",)),
@@ -173,12 +172,8 @@ _LOCALITY_CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What is the capital of Canada?", ("ottawa",)),
     ("What is the capital of Australia?", ("canberra",)),
     ("What is the capital of the United States?", ("washington",)),
-    ("What is the capital of Portugal?", ("lisbon",)),
-    ("What is the capital of Ireland?", ("dublin",)),
-    ("What is the capital of Austria?", ("vienna",)),
     ("What color is the sky on a clear day?", ("blue",)),
     ("What color is grass?", ("green",)),
-    ("What color is snow?", ("white",)),
     ("What color are bananas when they are ripe?", ("yellow",)),
     ("What color is a fire truck?", ("red",)),
     ("What is 2 + 2?", ("4", "four")),
@@ -187,35 +182,42 @@ _LOCALITY_CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What is 5 times 2?", ("10", "ten")),
     ("How many days are in a week?", ("7", "seven")),
     ("How many legs does a spider have?", ("8", "eight")),
-    ("How many legs does a dog have?", ("4", "four")),
-    ("How many months are in a year?", ("12", "twelve")),
     ("How many hours are in a day?", ("24", "twenty-four", "twenty four")),
     ("What animal says meow?", ("cat",)),
     ("What animal says woof?", ("dog",)),
     ("What animal is known as the king of the jungle?", ("lion",)),
-    ("What is the largest planet in our solar system?", ("jupiter",)),
     ("Which planet is known as the Red Planet?", ("mars",)),
     ("What star is at the center of our solar system?", ("sun",)),
     ("What is frozen water called?", ("ice",)),
     ("What gas do plants absorb from the air?", ("carbon dioxide", "co2")),
     ("What do bees make?", ("honey",)),
     ("What is the opposite of hot?", ("cold",)),
-    ("What is the opposite of up?", ("down",)),
-    ("What is the opposite of day?", ("night",)),
-    ("Who wrote Romeo and Juliet?", ("shakespeare",)),
-    ("Who painted the Mona Lisa?", ("leonardo", "da vinci")),
-    ("What is the largest ocean on Earth?", ("pacific",)),
     ("What language is spoken in Spain?", ("spanish",)),
     ("What language is spoken in France?", ("french",)),
     ("On which continent is Egypt?", ("africa",)),
     ("What is the boiling point of water in Celsius?", ("100",)),
-    ("What is the chemical symbol for water?", ("h2o",)),
     ("What organ pumps blood through the body?", ("heart",)),
     ("What do you call a baby cat?", ("kitten",)),
     ("What do you call a baby dog?", ("puppy",)),
-    ("What is the first letter of the English alphabet?", ("a",)),
-    ("Which season comes after winter?", ("spring",)),
     ("What is the tallest animal in the world?", ("giraffe",)),
+    # replacements for questions that the proxy route's retain / distillation prompts also ask
+    ("What is the capital of Scotland?", ("edinburgh",)),
+    ("What is the capital of South Korea?", ("seoul",)),
+    ("What is the capital of the Netherlands?", ("amsterdam",)),
+    ("What is the capital of Denmark?", ("copenhagen",)),
+    ("What is the capital of Hungary?", ("budapest",)),
+    ("What is the opposite of big?", ("small", "little")),
+    ("What is the opposite of wet?", ("dry",)),
+    ("Who wrote Harry Potter?", ("rowling",)),
+    ("What color is coal?", ("black",)),
+    ("How many wheels does a bicycle have?", ("2", "two")),
+    ("How many seconds are in a minute?", ("60", "sixty")),
+    ("Who painted the ceiling of the Sistine Chapel?", ("michelangelo",)),
+    ("What do you call a baby sheep?", ("lamb",)),
+    ("What is the largest continent?", ("asia",)),
+    ("What do you call a baby cow?", ("calf",)),
+    ("What is the opposite of fast?", ("slow",)),
+    ("What is the opposite of empty?", ("full",)),
 )
 
 
@@ -362,6 +364,31 @@ def locality_candidates(seed: int) -> list[Probe]:
     probes = [Probe(question=q, answers=a) for q, a in _LOCALITY_CANDIDATES]
     random.Random(f"locality-{seed}").shuffle(probes)
     return probes
+
+
+# Words that don't make two questions different ("What is the largest ocean?" asks what
+# "Which is the largest ocean on Earth?" asks).
+_FILLER = frozenset(
+    [
+        "what", "which", "who", "whom", "how", "is", "are", "was", "were", "does", "do", "did",
+        "the", "a", "an", "of", "in", "on", "our", "to", "for", "earth", "english", "called",
+    ]
+)
+
+
+def same_question(a: str, b: str) -> bool:
+    """Near-verbatim: the content words of `a` and `b` overlap by a Jaccard of at least 0.65.
+
+    Catches rewordings ("Which season comes after winter?" / "What season comes after winter?")
+    while keeping siblings apart ("... capital of Spain?" / "... capital of France?").
+    """
+    from factflow.memory.answer_match import normalize
+
+    wa = set(normalize(a).split()) - _FILLER
+    wb = set(normalize(b).split()) - _FILLER
+    if not wa or not wb:
+        return normalize(a) == normalize(b)
+    return len(wa & wb) / len(wa | wb) >= 0.65
 
 
 def _model_key(model_path: str) -> str:

@@ -69,3 +69,42 @@ def test_locality_probes_filter_and_cache(tmp_path) -> None:  # type: ignore[no-
     again = locality_probes(str(model), 0, fake_answer, cache_dir=tmp_path / "cache")
     assert again == probes and len(calls) == 1  # second call hit the cache
     assert len(locality_candidates(0)) == len(locality_candidates(1))
+
+
+def test_same_question_catches_rewordings_not_siblings() -> None:
+    from factflow.evals.lab_data import same_question
+
+    assert same_question("Which season comes after winter?", "What season comes after winter?")
+    assert same_question("What is the largest ocean on Earth?", "What is the largest ocean?")
+    assert same_question("What is the capital of France?", "what is the capital of france")
+    assert not same_question("What is the capital of France?", "What is the capital of Spain?")
+    assert not same_question("What is the opposite of hot?", "What is the opposite of up?")
+
+
+def test_no_probe_or_retention_question_is_trained_retained_or_distilled() -> None:
+    """Locality probes and the retention set share no question (near-verbatim) with any prompt a
+    route trains, retains or distils on: the proxy pair's retain and distillation sets, and the
+    fact questions and statements every weight / in-context route learns."""
+    from factflow.evals.lab_data import same_question
+    from factflow.evals.lab_retention import load_retention_set
+    from factflow.evals.lab_routes import route_prompts
+
+    data = make_lab_data(256, seed=0)
+    trained = route_prompts() + [f.train_question for f in data.facts] + [f.statement for f in data.facts]
+    probes = [p.question for p in locality_candidates(0)] + [q.question for q in load_retention_set()]
+    clashes = [(p, t) for p in probes for t in trained if same_question(p, t)]
+    assert clashes == []
+
+
+def test_retention_set_is_frozen_broad_and_regenerable() -> None:
+    from factflow.evals.lab_retention import load_retention_set, retention_candidates
+
+    kept = load_retention_set()
+    assert len(kept) >= 200
+    assert len({k.question for k in kept}) == len(kept)
+    assert len({k.domain for k in kept}) >= 8
+    # every frozen question comes from the generator, answers included (the file can be rebuilt)
+    generated = {c.question: c for c in retention_candidates()}
+    assert all(generated[k.question] == k for k in kept)
+    sample = load_retention_set(limit=8)
+    assert len(sample) == 8 and len({k.domain for k in sample}) == 8  # a small slice spans domains

@@ -101,8 +101,9 @@ def test_report_rebases_latency_on_the_current_none_row(tmp_path: Path) -> None:
 
     def row(route: str, spq: float, stale_ratio: float) -> RunRow:
         return RunRow(route=route, size=16, seed=0, efficacy=0.5, paraphrase=0.5, two_hop=0.0, locality=1.0,
-                      kl=0.0, ppl_ratio=1.0, trainable_params=0, learn_s=0.0, seconds_per_query=spq,
-                      latency_ratio=stale_ratio, n_eval={}, layer_change=None, samples=[], notes="",
+                      retention=1.0, kl=0.0, ppl_ratio=1.0, trainable_params=0, learn_s=0.0,
+                      seconds_per_query=spq, latency_ratio=stale_ratio, n_eval={}, layer_change=None,
+                      samples=[], notes="",
                       budget={}, finished_at="2026-11-29T00:00:00+00:00")  # fmt: skip
 
     rows = [row("none", 0.5, 1.0), row("store", 2.0, 99.0)]
@@ -110,4 +111,40 @@ def test_report_rebases_latency_on_the_current_none_row(tmp_path: Path) -> None:
     report = write_report(tmp_path).read_text()
     assert "| store | 16 |" in report
     store_line = next(line for line in report.splitlines() if line.startswith("| store | 16 |"))
-    assert "| 4.00 |" in store_line and "99" not in store_line
+    assert "| 4.00 " in store_line and "99" not in store_line
+
+
+def _row(route: str, seed: int, efficacy: float, kl: float) -> object:
+    from factflow.evals.lab import RunRow
+
+    return RunRow(route=route, size=16, seed=seed, efficacy=efficacy, paraphrase=0.5, two_hop=0.0,
+                  locality=1.0, retention=0.9, kl=kl, ppl_ratio=1.0, trainable_params=0, learn_s=1.0,
+                  seconds_per_query=1.0, latency_ratio=1.0,
+                  n_eval={"facts": 4, "two_hop": 2, "locality": 6, "retention": 8}, layer_change=None,
+                  samples=[], notes="", budget={},
+                  fit={"steps": 4 * (seed + 1), "epochs": seed + 1, "train_recall": 1.0,
+                       "reached_target": True, "train_s": 1.0, "checked": 4},
+                  finished_at="2026-11-29T00:00:00+00:00")  # fmt: skip
+
+
+def test_report_pools_seeds_into_mean_interval_and_n(tmp_path: Path) -> None:
+    """Three seeds of one cell: one line, mean with the Student-t interval, n = seeds x questions;
+    a left-out cell is listed, not given numbers."""
+    from factflow.evals.lab import LeftOut, write_report
+
+    rows = [_row("none", s, 0.0, 0.0) for s in range(3)] + [
+        _row("full_ft", 0, 0.5, 0.1), _row("full_ft", 1, 0.75, 0.2), _row("full_ft", 2, 1.0, 0.3)]
+    text = "".join(r.model_dump_json() + "\n" for r in rows)  # type: ignore[attr-defined]
+    (tmp_path / "results.jsonl").write_text(text)
+    gone = LeftOut(route="lora", size=1024, seed=0, reason="3 epochs took 4000 s",
+                   finished_at="2026-11-29T00:00:00+00:00")
+    (tmp_path / "left_out.jsonl").write_text(gone.model_dump_json() + "\n")
+    report = write_report(tmp_path).read_text()
+    ft = [line for line in report.splitlines() if line.startswith("| full_ft | 16 |")]
+    assert len(ft) == 1
+    # mean 0.75, s = 0.25, half = 4.303 * 0.25 / sqrt(3) = 0.62 -> [0.13, 1.00] (clipped at 1)
+    assert "| 3 | 0.75 [0.13, 1.00] n=3x4 |" in ft[0]
+    assert "retention" in report and "0.90 [0.90, 0.90] n=3x8" in ft[0]
+    assert "4/8/12 steps; target reached 3/3" in ft[0]
+    assert "## Left out (CPU time)" in report and "lora @ 1024 facts, seed 0: 3 epochs took 4000 s" in report
+    assert "| lora |" not in report

@@ -66,6 +66,9 @@ def test_quick_runs_every_route_end_to_end(tmp_path: Path, model_path: str) -> N
     rows = {r.route: r for r in load_rows(tmp_path / "lab" / "results.jsonl")}
     assert rows["full_ft"].layer_change and rows["full_ft"].trainable_params > 100_000_000
     assert 0 < rows["lora"].trainable_params < rows["full_ft"].trainable_params
+    for route in ("full_ft", "lora", "reft", "proxy", "tool_ft"):  # the budget rule ran one epoch each
+        fit = rows[route].fit
+        assert fit is not None and fit["epochs"] == 1 and fit["steps"] >= 1, (route, fit)
 
 
 @pytest.mark.slow
