@@ -40,6 +40,8 @@ def lab(
         60.0, help="A cell needing longer is left out of the table and listed as such (0 = no limit)."
     ),
     retention_questions: int = typer.Option(0, help="Questions of the frozen retention set asked (0 = all)."),
+    tool_demos: int = typer.Option(64, help="tool_ft: facts whose questions become lookup demonstrations."),
+    tool_retain: int = typer.Option(32, help="tool_ft: general questions answered directly in training."),
     eval_facts: int = typer.Option(48, help="Facts sampled for efficacy/paraphrase questions."),
     eval_two_hop: int = typer.Option(24, help="Two-hop questions asked."),
     locality_candidates: int = typer.Option(0, help="Candidate locality probes tried (0 = all)."),
@@ -72,6 +74,8 @@ def lab(
             max_epochs=max_epochs,
             recall_sample=recall_sample,
             max_train_s=max_train_minutes * 60 if max_train_minutes > 0 else None,
+            tool_demos=tool_demos,
+            tool_retain=tool_retain,
             seed=seed,
             max_new_tokens=max_new_tokens,
             train_batch_size=train_batch_size,

@@ -128,7 +128,8 @@ def quick_config(out: Path, *, model_path: str, cache_dir: Path, seed: int = 0,
                  routes: list[str] | None = None) -> LabConfig:
     """Minutes budgets for CI: 8 facts, one epoch per trained route, small evaluation samples."""
     budget = RouteBudget(max_new_tokens=8, batch_size=8, max_epochs=1, recall_sample=4, proxy_k_layers=2,
-                         proxy_distill_epochs=1, tool_demos=4, tool_max_new_tokens=32, seed=seed)
+                         proxy_distill_epochs=1, tool_demos=4, tool_retain=4, tool_max_new_tokens=32,
+                         seed=seed)  # fmt: skip
     return LabConfig(routes=routes or list(ROUTES), sizes=[8], out=out, seed=seed, model_path=model_path,
                      cache_dir=cache_dir, budget=budget, eval_facts=4, eval_two_hop=2,
                      locality_candidates=6, n_neutral=2, retention_questions=8)

@@ -101,6 +101,9 @@ class RouteBudget(BaseModel):
     playbook_budget_tokens: int = Field(1200, ge=0, description="Token budget of the rendered playbook.")
     tool_demos: int = Field(64, ge=1, description="tool_ft: facts whose questions become tool-use demos.")
     tool_max_new_tokens: int = Field(48, ge=8, description="tool_ft: cap per turn (a JSON action).")
+    tool_retain: int = Field(
+        32, ge=0, description="tool_ft: general questions answered directly (the base's answer) in training."
+    )
     seed: int = 0
 
 
@@ -569,6 +572,18 @@ class ToolAnswerer(HFAnswerer):
         return [_first_line(a) for a in answers]
 
 
+def _final_text(answer: str) -> str:
+    from factflow.serving.actions import FINAL_ANSWER
+
+    return json.dumps({"action": FINAL_ANSWER, "answer": answer})
+
+
+def _pair(tok: Any, convo: list[dict[str, str]], target: str, end: str) -> EncodedPair:
+    """One assistant turn to learn, after exactly the conversation it is generated from."""
+    head = chat_messages_ids(tok, convo)
+    return EncodedPair(head + list(tok(target + end, add_special_tokens=False)["input_ids"]), len(head))
+
+
 def tool_demos(facts: Sequence[LabFact], budget: RouteBudget) -> list[LabFact]:
     """The facts whose training questions become tool-use demonstrations (a seeded sample).
 
@@ -579,30 +594,37 @@ def tool_demos(facts: Sequence[LabFact], budget: RouteBudget) -> list[LabFact]:
 
 
 def _tool_ft(facts: Sequence[LabFact], model_path: str, work: Path, budget: RouteBudget) -> Answerer:
+    from factflow.serving.proxy_train import RETAIN_PROMPTS
+
     store = _teach_store(facts, work)
     tool = _lookup_tool(store, min(budget.store_k, len(facts)))
     model, tok = _fresh_model(model_path)
     before = _snapshot(model)
     end = end_of_turn(tok)
     demos = tool_demos(facts, budget)
-    rows = []
+    # Without direct answers the model learns to look up *everything*; the base's own answers to
+    # the proxy pair's retain prompts (disjoint from every probe) teach it when not to call.
+    general = random.Random(f"tool-retain-{budget.seed}").sample(
+        list(RETAIN_PROMPTS), min(budget.tool_retain, len(RETAIN_PROMPTS)))  # fmt: skip
+    base_answers = HFAnswerer(model, tok, budget).answer(general) if general else []
+    rows = [_pair(tok, _tool_turns(q, None, None, tool), _final_text(a), end)
+            for q, a in zip(general, base_answers, strict=True)]  # fmt: skip
     for f in demos:  # two assistant turns per demo, each after exactly the prefix it is generated from
         result = tool.invoke({"query": f.subject})
         for convo, target in (
             (_tool_turns(f.train_question, None, None, tool), _call_text(f.subject)),
             (_tool_turns(f.train_question, f.subject, result, tool),
-             json.dumps({"action": "final_answer", "answer": f.object})),
+             _final_text(f.object)),
         ):  # fmt: skip
-            head = chat_messages_ids(tok, convo)
-            tail = list(tok(target + end, add_special_tokens=False)["input_ids"])
-            rows.append(EncodedPair(head + tail, len(head)))
+            rows.append(_pair(tok, convo, target, end))
     ans = ToolAnswerer(model, tok, budget, tool, on_close=store.close)
     fit = Fit(demos, budget)
     _train_lm(model, tok, rows, budget, budget.ft_lr, "tool fine-tune", fit, ans.answer)
     ans.trainable_params = sum(p.numel() for p in model.parameters())
     ans.layer_change = relative_weight_change(before, model.state_dict())
     ans.fit = fit.record()
-    ans.notes = f"{fit.describe()} on {len(demos)} demos; {len(facts)} facts in the store"
+    ans.notes = (f"{fit.describe()} on {len(demos)} lookup demos + {len(general)} direct answers; "
+                 f"{len(facts)} facts in the store")  # fmt: skip
     return ans
 
 
