@@ -88,3 +88,30 @@ def sequential(
                                seeds=_seeds(seeds), routes=_csv(routes),
                                budget=RouteBudget(max_epochs=max_epochs, recall_sample=facts))  # fmt: skip
     console.print(f"report: {run_sequential(cfg)}")
+
+
+@eval_app.command("select")
+def select(
+    out: Path = typer.Option(Path("lab-select"), help="Folder for select.jsonl, report.md and plots."),
+    targets: int = typer.Option(16, min=1, help="Target facts hidden in the pool."),
+    pool: int = typer.Option(320, min=2, help="Pool size: the targets plus distracting facts."),
+    fraction: float = typer.Option(0.05, min=0.0, max=1.0, help="Share of the pool the selected arms get."),
+    seeds: str = typer.Option("0,1,2", help="Seeds (data, random arm, training)."),
+    arms: str = typer.Option("less,random,all", help="Arms: less (top by gradient), random, all."),
+    max_epochs: int = typer.Option(10, help="Budget rule: epoch cap (training stops at 0.99 recall)."),
+    quick: bool = typer.Option(False, help="CI budget: 2 targets in a pool of 40, one epoch, one seed."),
+) -> None:
+    """LESS-style data selection. Example: factflow eval select --targets 16 --pool 320"""
+    from factflow.agent.cli import console
+    from factflow.evals.lab_routes import RouteBudget
+    from factflow.evals.lab_select import SelectConfig, quick_select_config, run_select
+
+    model_path, cache_dir = _model_and_cache()
+    if quick:
+        cfg = quick_select_config(out, model_path=model_path, cache_dir=cache_dir)
+        cfg = cfg.model_copy(update={"arms": _csv(arms)})
+    else:
+        cfg = SelectConfig(out=out, model_path=model_path, cache_dir=cache_dir, targets=targets, pool=pool,
+                           fraction=fraction, seeds=_seeds(seeds), arms=_csv(arms),
+                           budget=RouteBudget(max_epochs=max_epochs))  # fmt: skip
+    console.print(f"report: {run_select(cfg)}")
