@@ -57,15 +57,15 @@ def test_locality_probes_filter_and_cache(tmp_path) -> None:  # type: ignore[no-
     calls: list[list[str]] = []
 
     def fake_answer(questions: list[str]) -> list[str]:
-        # Pure-logic fake: answers only the capital-of-France question right.
+        # Pure-logic fake: answers only the capital-of-Scotland question right.
         calls.append(questions)
-        return ["It is Paris." if "France" in q else "I don't know" for q in questions]
+        return ["It is Edinburgh." if "Scotland" in q else "I don't know" for q in questions]
 
     model = tmp_path / "m"
     model.mkdir()
     (model / "config.json").write_text("{}")
     probes = locality_probes(str(model), 0, fake_answer, cache_dir=tmp_path / "cache")
-    assert [p.question for p in probes] == ["What is the capital of France?"]
+    assert [p.question for p in probes] == ["What is the capital of Scotland?"]
     again = locality_probes(str(model), 0, fake_answer, cache_dir=tmp_path / "cache")
     assert again == probes and len(calls) == 1  # second call hit the cache
     assert len(locality_candidates(0)) == len(locality_candidates(1))
