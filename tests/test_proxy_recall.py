@@ -5,17 +5,21 @@ distilled on the base's own outputs), then `tune_expert` on 16 fictional facts w
 retain set (RETAIN_PROMPTS, none of which is a candidate below). Decoding uses the config's default
 plausibility mask. Recall of the facts is measured on the base alone and proxy-tuned; retention on
 20 questions the base answers correctly (the first 20 of CANDIDATES it gets right). Both numbers
-are printed (run with -s) and asserted.
+are printed (run with -s) and asserted. For comparison the proxy scores are also printed for the
+older steer, the raw-logit difference z_expert - z_anti on the plausible tokens (not asserted: it is
+what `combine_logits` replaced, see docs/proxy.md).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from factflow.serving.generate import CausalLMSource, GenerationParams, generate
-from factflow.serving.proxy import ProxyConfig, ProxyTunedLM
+from factflow.serving.proxy import ProxyConfig, ProxySource, ProxyTunedLM
 from factflow.serving.proxy_train import (
     DISTILL_PROMPTS,
     RETAIN_PROMPTS,
@@ -122,6 +126,15 @@ ALPHA = 1.0
 PARAMS = GenerationParams(max_new_tokens=24)
 
 
+class RawLogitSource(ProxySource):
+    """The older steer: raw logit difference on the expert's plausible tokens (offsets leak in)."""
+
+    def combine(self, z_base: torch.Tensor, z_expert: torch.Tensor, z_anti: torch.Tensor) -> torch.Tensor:
+        z_base, z_expert, z_anti = z_base.float(), z_expert.float(), z_anti.float()
+        floor = z_expert.amax(dim=-1, keepdim=True) + math.log(self.plausibility)
+        return z_base + self.alpha * (z_expert - z_anti).masked_fill(z_expert < floor, 0.0)
+
+
 def correct(text: str, key: str) -> bool:
     return any(k in text.lower() for k in key.split("|"))
 
@@ -138,9 +151,11 @@ def test_expert_raises_recall_and_keeps_known_answers(model_path: str, tmp_path:
     )
     lm = ProxyTunedLM(ProxyConfig(base=Path(model_path), expert=expert, anti_expert=anti, alpha=ALPHA))
 
-    def score(questions: list[tuple[str, str]], proxy: bool) -> list[bool]:
+    def score(questions: list[tuple[str, str]], proxy: bool, raw: bool = False) -> list[bool]:
         ids = [lm.prompt_ids(q) for q, _ in questions]
         source = lm.source() if proxy else CausalLMSource(lm.base)
+        if raw:
+            source = RawLogitSource(lm.base, lm.expert, lm.anti_expert, lm.alpha, lm.config.plausibility)
         out = generate(source, lm.tokenizer, ids, PARAMS)
         return [correct(o.text, key) for o, (_, key) in zip(out, questions, strict=True)]
 
@@ -151,5 +166,8 @@ def test_expert_raises_recall_and_keeps_known_answers(model_path: str, tmp_path:
     assert len(known) == 20, f"precondition: the base answers only {len(known)} candidates correctly"
     retained = sum(score(known, proxy=True)) / len(known)
     print(f"\nrecall base={base_recall:.2f} proxy={proxy_recall:.2f}; known answers kept={retained:.2f}")
+    raw_recall = sum(score(facts, proxy=True, raw=True)) / len(facts)
+    raw_retained = sum(score(known, proxy=True, raw=True)) / len(known)
+    print(f"raw-logit steer: recall={raw_recall:.2f}; known answers kept={raw_retained:.2f}")
     assert proxy_recall >= base_recall + 0.5
     assert retained >= 0.9
