@@ -372,8 +372,14 @@ def run_bfcl(
     # BFCL's loop prints every step to stdout; the progress bar (stderr) says enough.
     with contextlib.redirect_stdout(io.StringIO()), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(run, c) for c in free] + [pool.submit(run_chain, ch) for ch in chains]
-        for future in futures:
-            future.result()  # re-raises the first real error: the run stops with it
+        try:
+            for future in futures:
+                future.result()  # re-raises the first real error: the run stops with it
+        except BaseException:
+            # without this the pool still starts every queued case against a dead server
+            for future in futures:
+                future.cancel()
+            raise
     bar.close()
     write_bfcl_layout(handler, out_dir, results.values())
     return [results[c.id] for c in todo]

@@ -183,9 +183,13 @@ def test_server_errors_stop_the_run_bad_requests_fail_the_case(script: Any, tmp_
     rows = run_bfcl(too_long.handler(), [], tmp_path / "a", manifest("fc"), cases=case, progress=False)
     assert not rows[0].valid and "Error during inference: BadRequestError" in rows[0].result
     broken = script(lambda body: (500, {"error": {"message": "engine died", "type": "server_error"}}))
+    cases = load_category("simple_python", limit=6, seed=0)
     with pytest.raises(openai.InternalServerError):
-        run_bfcl(broken.handler(), [], tmp_path / "b", manifest("fc"), cases=case, progress=False)
+        run_bfcl(broken.handler(), [], tmp_path / "b", manifest("fc"), cases=cases, progress=False)
     assert not (tmp_path / "b" / "bfcl_results.jsonl").exists()
+    asked = {json.dumps(r["messages"][-1]) for r in broken.requests}
+    # the failed case, and at most the one the worker took up before the error surfaced
+    assert len(asked) <= 2 < len(cases)
 
 
 def test_cli_refuses_to_resume_a_different_run(script: Any, tmp_path: Path) -> None:
