@@ -45,6 +45,7 @@ from factflow.agent.cli_eval import eval_app  # noqa: E402
 app.add_typer(eval_app, name="eval")
 import factflow.agent.cli_eval_agentic  # noqa: E402,F401  (adds eval bfcl|adapt|appworld)
 import factflow.agent.cli_eval_lab  # noqa: E402,F401  (adds eval anatomy|sequential|select)
+import factflow.agent.cli_eval_lookalike  # noqa: E402,F401  (adds eval lookalike)
 from factflow.agent.cli_proxy import proxy_app  # noqa: E402
 
 app.add_typer(proxy_app, name="proxy")

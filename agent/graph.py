@@ -44,9 +44,18 @@ from factflow.agent.cite import attribute, citation_model, parse_citations, stri
 from factflow.agent.prompts import TOOL_BUDGET_NOTE, cite_prompt, decide_note, system_prompt
 from factflow.agent.state import AgentState, FactRef
 from factflow.errors import UserError
+from factflow.memory.answer_match import contains_match
 from factflow.settings import Settings, get_settings
 
-__all__ = ["build_graph", "default_tools", "tools_could_help", "NODES", "CONTROL_TAG"]
+__all__ = [
+    "build_graph",
+    "default_tools",
+    "tools_could_help",
+    "focus_facts",
+    "answer_spans",
+    "NODES",
+    "CONTROL_TAG",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +125,52 @@ def tools_could_help(question: str, *, user_tools: bool, rounds: int) -> bool:
         return True
     words = set(re.findall(r"[a-z]+", question.lower()))
     return bool(re.search(r"\d|[%+*/=<>^-]", question)) or bool(words & _ARITHMETIC_WORDS)
+
+
+def focus_facts(hits: Sequence[Any], *, gap: float = 0.0, order: str = "best_first") -> list[FactRef]:
+    """The search hits the prompt shows, as `FactRef`s.
+
+    With `gap` > 0 only facts whose question cosine (`ScoredFact.similarity`) is within `gap` of
+    the best one stay: a 135M model shown five facts that differ in one name copies the wrong
+    name, shown one it copies the right one. "best_last" puts the best fact nearest the question.
+    """
+    kept = list(hits)
+    sims = [h.similarity for h in kept if getattr(h, "similarity", None) is not None]
+    if gap > 0 and sims:
+        floor = max(sims) - gap
+        kept = [h for h in kept if h.similarity is not None and h.similarity >= floor]
+    facts: list[FactRef] = [{"id": h.fact.id, "text": h.fact.text, "score": float(h.score)} for h in kept]
+    return facts[::-1] if order == "best_last" else facts
+
+
+_SPAN_STOP = frozenset(
+    ["the", "a", "an", "of", "is", "was", "are", "were", "be", "by", "at", "in", "on", "to", "and", "or",
+     "its", "it", "has", "have", "for", "with", "as", "from", "this", "that"]
+)  # fmt: skip
+
+
+def answer_spans(question: str, fact: str) -> list[str]:
+    """Runs of the fact's words that the question does not hold: where the fact's value is.
+
+    "The chief executive of Korvane Dynamics is Ada Brenn." asked "Who runs Korvane Dynamics as
+    its CEO?" gives ["chief executive", "Ada Brenn"]. Stop words end a run; so do question words
+    (compared without a plural or verb "s").
+    """
+    asked = {w.lower().rstrip("s") for w in re.findall(r"[A-Za-z0-9']+", question)}
+    runs: list[list[str]] = [[]]
+    for word in re.findall(r"[A-Za-z0-9'.]*[A-Za-z0-9']", fact):
+        low = word.lower()
+        if low in _SPAN_STOP or low.rstrip("s") in asked:
+            runs.append([])
+        else:
+            runs[-1].append(word)
+    return list(dict.fromkeys(" ".join(r) for r in runs if r))
+
+
+def _span_model(spans: Sequence[str]) -> type[BaseModel]:
+    fields: dict[str, Any] = {"span": (Literal[tuple(spans)], ...)}  # a runtime enum
+    model: type[BaseModel] = create_model("AnswerSpan", __config__=ConfigDict(extra="forbid"), **fields)
+    return model
 
 
 def _call_key(name: str, args: dict[str, Any]) -> str:
@@ -247,7 +302,7 @@ def build_graph(
         t1 = time.perf_counter()
         rendered = playbook.render(question, budget_tokens=settings.playbook_token_budget)
         t2 = time.perf_counter()
-        facts: list[FactRef] = [{"id": h.fact.id, "text": h.fact.text, "score": float(h.score)} for h in hits]
+        facts = focus_facts(hits, gap=settings.agent_fact_gap, order=settings.agent_fact_order)
         return {
             "question": question,
             "messages": []
@@ -308,7 +363,45 @@ def build_graph(
             answer = _as_ai(chat_model.invoke(prompt))
             # the answer step is not offered tools: whatever it returns is the answer text
             message = AIMessage(content=answer.content, id=answer.id) if answer.tool_calls else answer
+            if settings.agent_answer_span:
+                message = _copy_span(state, message)
         return {"messages": [message], "timings": {"decide": t1 - t0, "generate": time.perf_counter() - t1}}
+
+    def _copy_span(state: AgentState, message: AIMessage) -> AIMessage:
+        """Answer-span step: the value is copied from the best fact, not recalled among look-alikes.
+
+        The candidates are the runs of the best fact's words the question lacks; one candidate is
+        the span, several are put to the model as an enum. An answer that already holds the span
+        stays as written; otherwise it becomes the span, cited.
+        """
+        facts = [f for f in state.get("facts", []) if f["score"] > 0]  # retrieved, not tool results
+        if not facts:
+            return message
+        best = max(facts, key=lambda f: f["score"])
+        spans = answer_spans(state["question"], best["text"])
+        if not spans:
+            return message
+        span = spans[0]
+        if len(spans) > 1:
+            schema = _span_model(spans)
+            ask = (
+                f"Fact: {best['text']}\nQuestion: {state['question']}\n"
+                "Which words of the fact answer the question?"
+            )
+            try:
+                picked = (
+                    chat_model.with_structured_output(schema)
+                    .with_config(tags=[CONTROL_TAG])
+                    .invoke([HumanMessage(content=ask)])
+                )
+            except (OutputParserException, ValidationError) as exc:  # invalid output: keep the answer
+                log.warning("answer-span step failed: %s", exc)
+                return message
+            data = picked.model_dump() if isinstance(picked, BaseModel) else dict(picked)  # type: ignore[call-overload]
+            span = str(data["span"])
+        if contains_match(str(message.content), span):
+            return message
+        return AIMessage(content=f"{span} [{best['id']}]", id=message.id)
 
     def _decide(prompt: list[BaseMessage], options: list[str]) -> str:
         """One short constrained step: "answer" or the name of the tool to call next."""

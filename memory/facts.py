@@ -92,6 +92,9 @@ class ScoredFact(_Strict):
     score: float
     dense_rank: int | None = None
     lexical_rank: int | None = None
+    similarity: float | None = Field(
+        None, description="Cosine of the query and the fact (None: found by BM25 only)."
+    )
 
 
 class WritebackDecision(_Strict):

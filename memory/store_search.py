@@ -213,6 +213,7 @@ def search(
     hits = dense_valid(col, store.embed([query]), n_cand, at=at, where=where)[0]
     dense = [i for i, _, _, _ in hits]
     origins = {i: m["origin"] for i, m, _, _ in hits}
+    cosines = {i: cos for i, _, _, cos in hits}
 
     allowed = set(col.get(where=where, include=[])["ids"]) if where else None
     lexical_ids = lexical(store, ns).search(query, n_cand, at, allowed)
@@ -226,7 +227,7 @@ def search(
         cap_model_share(valid, lambda d: origins.get(d) == "model", k, store.settings.model_fact_share)
     )
     return [
-        ScoredFact(fact=facts[d], score=s, dense_rank=r[0], lexical_rank=r[1])
+        ScoredFact(fact=facts[d], score=s, dense_rank=r[0], lexical_rank=r[1], similarity=cosines.get(d))
         for d, s, r in fused
         if d in chosen
     ]
