@@ -159,6 +159,22 @@ class Settings(BaseSettings):
     agent_cite_threshold: float = Field(
         0.5, gt=0.0, le=1.0, description="Min answer-fact cosine for a similarity citation."
     )
+    agent_fact_gap: float = Field(
+        0.0,
+        ge=0.0,
+        le=2.0,
+        description="Show only facts whose question cosine is within this gap of the best one "
+        "(0: every retrieved fact). Look-alike facts confuse a small model; fewer help.",
+    )
+    agent_fact_order: Literal["best_first", "best_last"] = Field(
+        "best_first",
+        description="Order of facts in the prompt: best_last puts the best fact nearest the question.",
+    )
+    agent_answer_span: bool = Field(
+        False,
+        description="After answering, a constrained step copies the value from the best fact and "
+        "the answer is rebuilt around it (for short factual questions over look-alike facts).",
+    )
 
     @field_validator("model")
     @classmethod
