@@ -51,10 +51,10 @@ def anatomy(
     from factflow.evals.lab_anatomy import ARMS, AnatomyConfig, quick_anatomy_config, run_anatomy
     from factflow.evals.lab_routes import RouteBudget
 
-    model_path, cache_dir = _model_and_cache()
     arm_list = _csv(arms)
     if bad := [a for a in arm_list if a not in ARMS]:
         raise UserError(f"unknown arm(s) {', '.join(bad)}: choose from {', '.join(ARMS)}")
+    model_path, cache_dir = _model_and_cache()
     if quick:
         cfg = quick_anatomy_config(out, model_path=model_path, cache_dir=cache_dir)
         cfg = cfg.model_copy(update={"arms": arm_list})

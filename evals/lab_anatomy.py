@@ -229,7 +229,7 @@ def _arm(arm: str, facts: list[LabFact], cfg: AnatomyConfig, seed: int,
         ans = learn(arm, facts, model_path=cfg.model_path, work_dir=work, budget=budget,
                     cache_dir=cfg.cache_dir)  # fmt: skip
         assert isinstance(ans, HFAnswerer)
-        after = _state(ans.model)
+        after = {k: v.detach() for k, v in ans.model.state_dict().items()}  # no copy: the model is done
         info = {"fit": ans.fit, "recall": ans.fit["train_recall"] if ans.fit else math.nan}
         ans.close()
         return dict(base), after, info

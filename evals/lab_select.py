@@ -289,7 +289,8 @@ def write_select_report(out: Path) -> Path:
     width = 0.25
     for j, (metric, hits) in enumerate((("efficacy", "efficacy_hits"), ("paraphrase", "paraphrase_hits"),
                                         ("locality", "locality_hits"))):  # fmt: skip
-        vals, errs = [], [[], []]
+        vals: list[float] = []
+        errs: list[list[float]] = [[], []]
         for arm in arms:
             rs = [r for r in rows if r.arm == arm]
             n = sum(r.locality_n if metric == "locality" else r.targets for r in rs)
