@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(256, ge=1, le=32768, description="Default answer length cap.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     context_window: int = Field(8192, ge=256, description="Prompt + answer token limit.")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads of the in-process engine's torch; 0 = torch's default (one per core), "
+        "fastest on a quiet machine. 1 is faster when other processes keep the cores busy.",
+    )
     chroma_url: str | None = Field(
         None, description="Chroma server URL (http://host:port); unset = embedded store under HOME."
     )

@@ -271,6 +271,7 @@ def load_chat_model(settings: Settings | None = None, **overrides: Any) -> BaseC
             max_new_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
             context_window=settings.context_window,
+            torch_threads=settings.torch_threads,
         )
     if settings.engine == "openai" and not settings.base_url:
         raise UserError("FACTFLOW_ENGINE=openai needs FACTFLOW_BASE_URL (e.g. http://127.0.0.1:8000/v1)")

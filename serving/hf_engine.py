@@ -76,6 +76,7 @@ class TransformersChatModel(StructuredOutputMixin, BaseChatModel):
     top_p: float = 1.0
     seed: int | None = None
     context_window: int = 8192
+    torch_threads: int = 0  # set for the whole process when the model loads; 0 keeps torch's default
     source_factory: Callable[[Any], LogitsSource] | None = Field(
         default=None, exclude=True, description="Builds the logits source (proxy-tuning plugs in here)."
     )
@@ -99,6 +100,8 @@ class TransformersChatModel(StructuredOutputMixin, BaseChatModel):
     @property
     def hf_model(self) -> Any:
         if self._model is None:
+            if self.torch_threads:
+                torch.set_num_threads(self.torch_threads)
             self._model, self._tokenizer = load_hf_model(self.model_path, self.dtype)
         return self._model
 
