@@ -84,21 +84,25 @@ def _chat_ids(tokenizer: Any, text: str) -> list[int]:
     return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
 
-def _engine_settings(model_path: str, concurrency: int, eager: bool) -> tuple[dict[str, str], dict[str, Any]]:
+def _engine_settings(
+    model_path: str, concurrency: int, eager: bool, env: dict[str, str]
+) -> tuple[dict[str, str], dict[str, Any]]:
     """The environment and engine arguments `VLLMServer` uses, for the in-process engine too."""
     from factflow.serving.vllm_server import VLLMServer, engine_env
 
-    server = VLLMServer(model_path, max_model_len=MAX_MODEL_LEN, concurrency=concurrency)
+    server = VLLMServer(model_path, max_model_len=MAX_MODEL_LEN, concurrency=concurrency, env=env)
     kv = server.kv_cache_args()
     args: dict[str, Any] = {"max_model_len": MAX_MODEL_LEN, "dtype": "float32", "enforce_eager": eager}
     if kv:
         args["kv_cache_memory_bytes"] = int(kv[1])
-    return engine_env(), args
+    return {**engine_env({**os.environ, **env}), **env}, args
 
 
-def _vllm_offline(model_path: str, tokens: int, concurrency: int, eager: bool, rounds: int) -> list[float]:
+def _vllm_offline(
+    model_path: str, tokens: int, concurrency: int, eager: bool, rounds: int, user_env: dict[str, str]
+) -> list[float]:
     """In a child process (so its engine is gone afterwards): vLLM's `LLM` API, 1 and N prompts."""
-    env, args = _engine_settings(model_path, concurrency, eager)
+    env, args = _engine_settings(model_path, concurrency, eager, user_env)
     os.environ.update({"VLLM_NO_USAGE_STATS": "1", "TOKENIZERS_PARALLELISM": "false", **env})
     from vllm import LLM, SamplingParams
 
@@ -114,13 +118,17 @@ def _vllm_offline(model_path: str, tokens: int, concurrency: int, eager: bool, r
     return [_median_rate(lambda: run(1), rounds), _median_rate(lambda: run(concurrency), rounds)]
 
 
-def _vllm_served(model_path: str, tokens: int, concurrency: int, eager: bool, rounds: int) -> list[float]:
+def _vllm_served(
+    model_path: str, tokens: int, concurrency: int, eager: bool, rounds: int, env: dict[str, str]
+) -> list[float]:
     import openai
 
     from factflow.serving.vllm_server import SERVED_MODEL_NAME, VLLMServer
 
     extra = ["--enforce-eager"] if eager else []
-    server = VLLMServer(model_path, max_model_len=MAX_MODEL_LEN, concurrency=concurrency, extra_args=extra)
+    server = VLLMServer(
+        model_path, max_model_len=MAX_MODEL_LEN, concurrency=concurrency, extra_args=extra, env=env
+    )
     with server:
         client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
 
@@ -153,6 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--engines", default="transformers,vllm", help="comma-separated engines to measure")
     parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile (starts sooner)")
+    parser.add_argument(
+        "--vllm-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for both vLLM sides, e.g. VLLM_CPU_NUM_OF_RESERVED_CPU=1 (vLLM's own binding)",
+    )
     add_busy_flag(parser)
     args = parser.parse_args(argv)
 
@@ -162,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     model_path = str(resolve_model(get_settings()))
     machine = prelude(args.allow_busy, model_path)
     engines = set(args.engines.split(","))
+    vllm_env = dict(kv.split("=", 1) for kv in args.vllm_env)
     console = Console(width=max(Console().width, 110))  # a table too narrow wraps its ratios
     n = args.concurrency
     mode = "eager" if args.eager else "compiled"
@@ -191,10 +207,10 @@ def main(argv: list[str] | None = None) -> None:
             spawn = get_context("spawn")
             with ProcessPoolExecutor(1, mp_context=spawn) as pool:
                 offline = pool.submit(
-                    _vllm_offline, model_path, args.tokens, n, args.eager, args.rounds
+                    _vllm_offline, model_path, args.tokens, n, args.eager, args.rounds, vllm_env
                 ).result()
         with console.status(f"vLLM served ({mode}; the server starts in about a minute)..."):
-            served = _vllm_served(model_path, args.tokens, n, args.eager, args.rounds)
+            served = _vllm_served(model_path, args.tokens, n, args.eager, args.rounds, vllm_env)
         for label, off, srv in (
             ("1 at once", offline[0], served[0]),
             (f"{n} at once", offline[1], served[1]),
