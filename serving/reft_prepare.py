@@ -25,6 +25,7 @@ __all__ = [
     "prepare_vllm_adapters",
     "parse_adapter_specs",
     "reft_served_model",
+    "check_adapter_name",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -44,11 +45,7 @@ def prepare_vllm_adapters(
     cfg = json.loads((base_dir / "config.json").read_text())
     folders: dict[str, str] = {}
     for name, adapter in adapters.items():
-        if not _NAME.match(name) or name == "base":
-            raise UserError(
-                f"adapter name {name!r} is not usable: use letters, digits, '.', '_' or '-' "
-                "(up to 64), and not 'base' (it means no adapter)."
-            )
+        check_adapter_name(name)
         adapter_dir = Path(adapter).expanduser().resolve()
         ReftAdapter.load(adapter_dir).check_base(cfg, where=f"the base model {base_dir}")
         folders[name] = str(adapter_dir)
@@ -59,6 +56,15 @@ def prepare_vllm_adapters(
     if default is not None:
         cfg[VLLM_ADAPTER_KEY] = folders[default]  # the default adapter's folder, for readers of one
     return write_prepared_folder(base_dir, cfg, out)
+
+
+def check_adapter_name(name: object) -> None:
+    """UserError unless `name` can name an adapter in requests (and in a cache salt)."""
+    if not isinstance(name, str) or not _NAME.match(name) or name == "base":
+        raise UserError(
+            f"adapter name {name!r} is not usable: use letters, digits, '.', '_' or '-' "
+            "(up to 64), and not 'base' (it means no adapter)."
+        )
 
 
 def prepare_vllm_folder(base: str | Path, adapter: str | Path, out: str | Path) -> Path:

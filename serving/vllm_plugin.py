@@ -19,6 +19,8 @@ PROXY_ARCHITECTURE = "FactflowProxyTunedForCausalLM"  # serving/vllm_proxy.py
 REFT_ADAPTERS_KEY = "factflow_reft_adapters"  # prepared folder's config.json: {name: adapter folder}
 REFT_DEFAULT_KEY = "factflow_reft_default"  # adapter of requests that name none (null: the base)
 _STEERING_PROCESSOR = "factflow.serving.vllm_steering:SteeringArgs"
+_ADMIN_MIDDLEWARE = "factflow.serving.vllm_adapters.AdapterAdmin"
+_WORKER_EXTENSION = "factflow.serving.vllm_reft.ReftWorkerExtension"
 _ADAPTERS_ENV = "FACTFLOW_ADAPTERS"  # read by SteeringArgs.validate_params in the API server
 
 
@@ -39,10 +41,10 @@ def plugin_server_args(model: str | Path) -> tuple[list[str], dict[str, str]]:
 
     Both plugin models take per-request settings (adapter name, alpha) through the logits processor
     `serving/vllm_steering.py:SteeringArgs`, which the API server also uses to reject unknown
-    adapter names with the list of loaded ones. A LoReFT adapter changes every later layer's keys
-    and values, so cached prompt blocks must never be shared between adapters: automatic prefix
-    caching is turned off on an adapter server (vLLM's `cache_salt` per request would also
-    separate them, but only a client that sends it).
+    adapter names with the list of loaded ones. A LoReFT server also gets the admin middleware
+    (`serving/vllm_adapters.py`: load/unload at run time, and a per-adapter `cache_salt` on every
+    request, so prefix caching stays on without two adapters sharing KV) and the worker extension
+    the middleware calls (`serving/vllm_reft.py:ReftWorkerExtension`).
     """
     config = Path(model) / "config.json"
     if not config.is_file():
@@ -53,7 +55,8 @@ def plugin_server_args(model: str | Path) -> tuple[list[str], dict[str, str]]:
         return ["--logits-processors", _STEERING_PROCESSOR], {}
     if arch == REFT_ARCHITECTURE:
         names = sorted(hf.get(REFT_ADAPTERS_KEY) or {})
-        return ["--logits-processors", _STEERING_PROCESSOR, "--no-enable-prefix-caching"], {
+        return ["--logits-processors", _STEERING_PROCESSOR, "--middleware", _ADMIN_MIDDLEWARE,
+                "--worker-extension-cls", _WORKER_EXTENSION], {
             _ADAPTERS_ENV: json.dumps(names)
         }
     return [], {}

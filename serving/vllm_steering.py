@@ -13,7 +13,9 @@ run the step (`serving/vllm_reft.py`: which adapter and prompt length per row;
 
 `validate_params` runs in the API server at admission: a bad value or an adapter name the server
 has not loaded is an HTTP 400 naming the loaded ones. The API server learns those names from the
-environment variable `FACTFLOW_ADAPTERS` (JSON list), which `VLLMServer` sets for a LoReFT folder
+registry the admin middleware keeps (`serving/vllm_adapters.py`, current after run-time loads and
+unloads) or, before that has heard from the engine, from the environment variable
+`FACTFLOW_ADAPTERS` (JSON list), which `VLLMServer` sets for a LoReFT folder
 (`factflow.serving.vllm_plugin.plugin_server_args`, which also adds this processor's flag).
 """
 
@@ -87,8 +89,12 @@ class SteeringArgs(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
+        from factflow.serving.vllm_adapters import REGISTRY  # imports this module: not at the top
+
         adapter, _alpha = _settings(sampling_params)
-        loaded = json.loads(os.environ.get(ADAPTERS_ENV, "null"))
+        # the admin endpoint's registry once it has heard from the engine, else the start-up list
+        at_start = json.loads(os.environ.get(ADAPTERS_ENV, "null"))
+        loaded = list(REGISTRY.digests) if REGISTRY.synced else at_start
         if adapter is not None and adapter != BASE_ADAPTER and loaded is not None and adapter not in loaded:
             names = ", ".join([BASE_ADAPTER, *loaded])
             raise ValueError(f"unknown adapter {adapter!r}: this server has loaded {names}")

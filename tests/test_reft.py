@@ -243,6 +243,68 @@ def test_stacked_adapters_edit_each_token_with_its_own_entry() -> None:
     assert torch.equal(got[0], h[0]) and torch.equal(got[2], h[2])  # no entry: untouched exactly
 
 
+def test_token_entries_follow_the_per_token_rules() -> None:
+    """vLLM's entry assignment (one vectorised pass) = the rules token by token, on random batches."""
+    pytest.importorskip("vllm")
+    from factflow.serving.vllm_reft import RowEdit, token_entries
+
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(hi: int) -> int:
+        return int(torch.randint(0, hi, (1,), generator=gen))
+
+    for _ in range(50):
+        rows, spans, positions, start = [], [], [], rand(3)
+        positions += [0] * start  # tokens before the first row's span get no edit
+        for _ in range(1 + rand(6)):
+            plen, done = 1 + rand(20), rand(25)
+            count = 1 if done >= plen else min(plen - done, 1 + rand(12))  # decode: 1 token; prefill: a chunk
+            pre, suf = rand(5), rand(5)
+            edit = [RowEdit(), RowEdit(first=1 + rand(9), all=True),
+                    RowEdit(first=3, second=3, prefix=pre, suffix=suf, prompt_len=plen),  # tied
+                    RowEdit(first=5, second=6, prefix=pre, suffix=suf, prompt_len=plen)][rand(4)]  # fmt: skip
+            spans.append((len(positions), len(positions) + count))
+            positions += list(range(done, done + count))
+            rows.append(edit)
+        got = token_entries(torch.tensor(positions), spans, rows).tolist()
+        want = [0] * len(positions)
+        for (s, e), r in zip(spans, rows, strict=True):
+            for t in range(s, e):
+                p = positions[t]
+                if r.all:
+                    want[t] = r.first
+                elif r.prompt_len - r.suffix <= p < r.prompt_len:
+                    want[t] = r.second  # suffix wins where the spans overlap, as on transformers
+                elif p < min(r.prefix, r.prompt_len):
+                    want[t] = r.first
+        assert got == want
+
+
+def test_stacked_entries_are_rewritten_in_place() -> None:
+    """A run-time load writes into a slot without changing any buffer's shape; None clears it."""
+    pytest.importorskip("vllm")
+    from factflow.serving.vllm_reft import StackedLoReFT
+
+    torch.manual_seed(1)
+    d = 8
+    iv = LoReFT(d, 2).eval()
+    with torch.no_grad():
+        iv.source.bias.normal_()
+    block = (iv.R.detach(), iv.source.weight.detach(), iv.source.bias.detach())
+    entries = torch.zeros(4, dtype=torch.long)
+    stack = StackedLoReFT([None, None], d, 4, entries)
+    shapes = [t.shape for t in (stack.A, stack.b, stack.R)]
+    h = torch.randn(2, d)
+    entries[:2] = torch.tensor([2, 1])
+    stack.write(2, block)
+    with torch.no_grad():
+        got = h + stack.delta(h)
+        assert torch.allclose(got[0], iv(h[:1])[0], atol=1e-5) and torch.equal(got[1], h[1])
+    stack.write(2, None)
+    assert torch.equal(stack.delta(h), torch.zeros(2, d))
+    assert [t.shape for t in (stack.A, stack.b, stack.R)] == shapes
+
+
 def test_reft_flag_specs(tmp_path: Path) -> None:
     from factflow.serving.reft import parse_adapter_specs
 
