@@ -84,3 +84,12 @@ def test_mean_interval_matches_the_t_formula() -> None:
     assert one[0] == 0.7 and one[1] != one[1]  # nan: one run has no spread
     with pytest.raises(ValueError):
         mean_interval([])
+
+
+def test_wilson_bounds_are_exact_at_zero_and_all() -> None:
+    for n in range(1, 200):  # e.g. 0/48 gave a lower bound of 7e-18 from round-off
+        assert wilson_interval(0, n)[0] == 0.0
+        assert wilson_interval(n, n)[1] == 1.0
+        for k in range(n + 1):
+            low, high = wilson_interval(k, n)
+            assert low <= k / n <= high
