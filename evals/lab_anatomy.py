@@ -288,9 +288,9 @@ def run_anatomy(cfg: AnatomyConfig) -> Path:
                          "all": jaccard(torch.cat([m.flatten() for m in m1.values()]),
                                         torch.cat([m.flatten() for m in m2.values()]))})  # fmt: skip
             masks.pop(arm)
-    with (cfg.out / "anatomy.jsonl").open("w") as fh:
-        for r in rows:
-            fh.write(json.dumps(r) + "\n")
+        with (cfg.out / "anatomy.jsonl").open("w") as fh:  # after each arm: a stopped run keeps what ran
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
     (cfg.out / "config.json").write_text(cfg.model_dump_json(indent=2))
     return write_anatomy_report(cfg.out)
 

@@ -47,7 +47,7 @@ from factflow.evals.lab_routes import (
     route_unavailable,
     training_examples,
 )
-from factflow.evals.stats import fmt_interval, mean_interval
+from factflow.evals.stats import fmt_interval, fmt_rate, mean_interval
 
 __all__ = [
     "SEQUENTIAL_ROUTES",
@@ -272,6 +272,13 @@ def _mi(values: list[float], digits: int = 2) -> str:
     return f"{m:.{digits}f}{ci} n={len(values)}"
 
 
+def _rate(values: list[float], n: int) -> str:
+    """A recall cell: one seed -> Wilson interval over its n questions; several -> t-interval over seeds."""
+    if len(values) == 1:
+        return fmt_rate(round(values[0] * n), n)
+    return _mi(values)
+
+
 def write_sequential_report(out: Path) -> Path:
     import matplotlib
 
@@ -283,18 +290,19 @@ def write_sequential_report(out: Path) -> Path:
     n = rows[0].facts if rows else 0
     lines = [
         "# Drift and plasticity: learn A, then B", "",
-        f"{n} facts in A and {n} in B. Cells: mean over seeds [95% t-interval] n=seeds; each seed's recall "
-        f"is over {n} training questions.", "",
+        f"{n} facts in A and {n} in B. Cells: mean over seeds [95% t-interval] n=seeds; with one seed, "
+        f"recalls show the Wilson interval of its {n} training questions.", "",
         "| route | recall A after A | KL after A | recall A after B | forgetting | B recall after epoch 1 | "
         "B epochs (to target or cap) | recall B | KL after B |", "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for route in routes:
         rs = [r for r in rows if r.route == route]
         lines.append(" | ".join([
-            f"| {route}", _mi([r.recall_a_after_a for r in rs]), _mi([r.kl_after_a for r in rs], 4),
-            _mi([r.recall_a_after_b for r in rs]), _mi([r.recall_a_after_a - r.recall_a_after_b for r in rs]),
+            f"| {route}", _rate([r.recall_a_after_a for r in rs], n), _mi([r.kl_after_a for r in rs], 4),
+            _rate([r.recall_a_after_b for r in rs], n),
+            _mi([r.recall_a_after_a - r.recall_a_after_b for r in rs]),
             _mi([r.b_curve[0] for r in rs]), _mi([float(r.b_epochs) for r in rs]),
-            _mi([r.recall_b for r in rs]), _mi([r.kl_after_b for r in rs], 4),
+            _rate([r.recall_b for r in rs], n), _mi([r.kl_after_b for r in rs], 4),
         ]) + " |")  # fmt: skip
     trained = [r for r in rows if r.route != "store"]
     rho_first = spearman([r.kl_after_a for r in trained], [r.b_curve[0] for r in trained])
