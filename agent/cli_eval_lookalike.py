@@ -18,7 +18,9 @@ __all__ = ["lookalike"]
 def lookalike(
     engines: str = typer.Option("transformers", help="Comma-separated engines: transformers, vllm."),
     cases: Path | None = typer.Option(None, help="Cases jsonl [default: tests/data/lookalike_cases.jsonl]."),
-    limit: int = typer.Option(0, min=0, help="Ask only the first N questions (0 = all)."),
+    limit: int = typer.Option(
+        0, min=0, help="Ask about N questions spread over the set: every (total // N)-th (0 = all)."
+    ),
     fact_gap: float | None = typer.Option(None, help="Override FACTFLOW_AGENT_FACT_GAP for the run."),
     fact_order: str | None = typer.Option(
         None, help="Override FACTFLOW_AGENT_FACT_ORDER for the run (best_first or best_last)."
@@ -46,7 +48,7 @@ def lookalike(
     if fact_order not in (None, "best_first", "best_last"):
         raise UserError(f"--fact-order {fact_order!r}: use best_first or best_last")
     chosen = load_cases(cases or DEFAULT_CASES)
-    chosen = chosen[:limit] if limit else chosen
+    chosen = chosen[:: max(1, len(chosen) // limit)] if limit else chosen  # every family, not the first
     overrides: dict[str, Any] = {
         k: v
         for k, v in {

@@ -156,7 +156,7 @@ def answer_spans(question: str, fact: str) -> list[str]:
     its CEO?" gives ["chief executive", "Ada Brenn"]. Stop words end a run; so do question words
     (compared without a plural or verb "s").
     """
-    asked = {w.lower().rstrip("s") for w in re.findall(r"[A-Za-z0-9']+", question)}
+    asked = {w.lower().rstrip("s") for w in re.findall(r"[A-Za-z0-9]+", question)}  # "Zorbia's" -> zorbia
     runs: list[list[str]] = [[]]
     for word in re.findall(r"[A-Za-z0-9'.]*[A-Za-z0-9']", fact):
         low = word.lower()

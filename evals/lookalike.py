@@ -133,8 +133,10 @@ def run_lookalike(
     from factflow.memory.store import FactStore
 
     with tempfile.TemporaryDirectory(prefix="factflow-lookalike-", dir=work_dir) as tmp:
-        base = (settings or get_settings()).model_dump()
-        run = Settings(**{**base, **(settings_overrides or {}), "home": Path(tmp), "fact_writeback": False})
+        base = settings or get_settings()
+        fixed = {"home": Path(tmp), "models_dir": base.resolved_models_dir, "fact_writeback": False}
+        # models_dir stays: a HOME of its own would pull (convert) the default model again
+        run = Settings(**{**base.model_dump(), **(settings_overrides or {}), **fixed})
         store = FactStore.open(run, path=Path(tmp) / "chroma")
         results: list[CaseResult] = []
         try:

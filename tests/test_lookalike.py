@@ -8,13 +8,17 @@ import json
 from pathlib import Path
 
 import pytest
+from _agent_fakes import FACTS, FakePlaybook, FakeStore, FakeToolCallingModel
+from langchain_core.messages import AIMessage
+from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
-from factflow.agent.graph import answer_spans, focus_facts
+from factflow.agent.graph import answer_spans, build_graph, focus_facts
 from factflow.errors import UserError
 from factflow.evals.lab_data import RELATIONS
 from factflow.evals.lookalike import DEFAULT_CASES, grade, load_cases, summary_lines
 from factflow.memory.facts import Fact, ScoredFact
+from factflow.settings import Settings
 
 DATA = Path(__file__).parent / "data"
 
@@ -103,6 +107,29 @@ def test_answer_spans_are_the_words_the_question_lacks() -> None:
     bridge = "The Lunn bridge is 275 metres long."
     assert answer_spans("How many metres does the Lunn bridge span?", bridge) == ["275", "long"]
     assert answer_spans("Is it?", "") == []
+
+
+def _ask(answer: str, question: str, span: dict[str, str] | None = None) -> tuple[str, int]:
+    model = FakeToolCallingModel(script=[AIMessage(content=answer)], citations=span or {})
+    settings = Settings(agent_answer_span=True, fact_writeback=False)
+    graph = build_graph(
+        model, FakeStore(FACTS), FakePlaybook(), checkpointer=InMemorySaver(), settings=settings
+    )
+    out = graph.invoke({"question": question}, {"configurable": {"thread_id": "t"}})
+    return out["answer"], model.structured_calls
+
+
+def test_answer_span_step_replaces_a_wrong_value_with_the_best_facts() -> None:
+    # one candidate ("Paris"): copied without a model call
+    assert _ask("The capital of Zorbia is Blue.", "Which city is the capital of Zorbia?") == (
+        "Paris [f-paris]",
+        0,
+    )
+    # an answer that already holds the value stays as written
+    assert _ask("It is Paris.", "Which city is the capital of Zorbia?")[0].startswith("It is Paris.")
+    # several candidates: the model picks one from the enum
+    answer, calls = _ask("No idea.", "What is the capital?", span={"span": "Zorbia"})
+    assert (answer, calls) == ("Zorbia [f-paris]", 1)
 
 
 @pytest.mark.slow
