@@ -137,24 +137,21 @@ def run_lookalike(
         fixed = {"home": Path(tmp), "models_dir": base.resolved_models_dir, "fact_writeback": False}
         # models_dir stays: a HOME of its own would pull (convert) the default model again
         run = Settings(**{**base.model_dump(), **(settings_overrides or {}), **fixed})
-        store = FactStore.open(run, path=Path(tmp) / "chroma")
         results: list[CaseResult] = []
-        try:
-            for ns in dict.fromkeys(c.namespace for c in cases):
-                asked = [c for c in cases if c.namespace == ns]
-                agent = Agent(run, chat_model=chat_model, store=store, persist=False, namespace=ns)
-                try:
-                    for fact in dict.fromkeys(f for c in asked for f in c.facts):
-                        agent.teach(fact)
-                    for case in asked:
-                        res = agent.ask(case.question)
-                        cited = [f.text for f in store.get_many(res.cited_fact_ids, namespace=ns)]
-                        result = grade(case, res.answer, cited)
-                        results.append(result)
-                        if on_result is not None:
-                            on_result(result)
-                finally:
-                    agent.close()
-        finally:
-            store.close()
+        for i, ns in enumerate(dict.fromkeys(c.namespace for c in cases)):
+            asked = [c for c in cases if c.namespace == ns]
+            store = FactStore.open(run, path=Path(tmp) / f"chroma-{i}")  # Agent.close closes it
+            agent = Agent(run, chat_model=chat_model, store=store, persist=False, namespace=ns)
+            try:
+                for fact in dict.fromkeys(f for c in asked for f in c.facts):
+                    agent.teach(fact)
+                for case in asked:
+                    res = agent.ask(case.question)
+                    cited = [f.text for f in store.get_many(res.cited_fact_ids, namespace=ns)]
+                    result = grade(case, res.answer, cited)
+                    results.append(result)
+                    if on_result is not None:
+                        on_result(result)
+            finally:
+                agent.close()
     return results

@@ -134,9 +134,11 @@ def test_answer_span_step_replaces_a_wrong_value_with_the_best_facts() -> None:
 
 @pytest.mark.slow
 def test_agent_answers_look_alikes_right_on_transformers(hf_chat) -> None:  # type: ignore[no-untyped-def]
-    """The goal: the value in the answer for >= 0.85 of the questions, default model, greedy."""
+    """The goal: the value in the answer for >= 0.85 of the questions, default model, greedy,
+    with the levers that measured best (docs/agent.md: a 0.05 cosine gap cut + the answer span)."""
     from factflow.evals.lookalike import run_lookalike
 
-    results = run_lookalike(hf_chat, load_cases(DEFAULT_CASES))
+    levers = {"agent_fact_gap": 0.05, "agent_answer_span": True}
+    results = run_lookalike(hf_chat, load_cases(DEFAULT_CASES), settings_overrides=levers)
     recall = sum(r.right for r in results) / len(results)
     assert recall >= 0.85, "\n".join(summary_lines(results))
