@@ -313,6 +313,7 @@ def _mi(values: list[float]) -> str:
     if not vals:
         return "n/a"
     m, lo, hi = mean_interval(vals)
+    lo, hi = max(lo, 0.0), min(hi, 1.0)  # every column is a share in [0, 1]
     return f"{m:.3f}" + ("" if math.isnan(lo) else f" {fmt_interval(lo, hi)}") + f" n={len(vals)}"
 
 
