@@ -155,7 +155,7 @@ def render_playbook(
     room = budget_tokens - footer_reserve
     chosen: list[Bullet] = []
     taken: set[str] = set()
-    headers: set[str] = set()
+    headers: set[tuple[str, str]] = set()  # (section, suffix) headers already in the text
 
     def take(ranking: list[Bullet], limit: int, suffix: str) -> int:
         """Add bullets of `ranking` that fit in `limit` tokens; returns the tokens used."""
