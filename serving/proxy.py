@@ -45,6 +45,7 @@ __all__ = [
     "ProxySource",
     "ProxyTunedLM",
     "combine_logits",
+    "shares_head",
     "load_proxy_config",
     "PROXY_CONFIG_KEY",
 ]
@@ -181,17 +182,71 @@ def load_proxy_config(path: str | Path, *, alpha: float | None = None) -> ProxyC
         raise UserError(f"invalid proxy config {path}: {msgs}") from None
 
 
+class _BodySource:
+    """Like `CausalLMSource`, but returns the decoder body's last hidden state (B, H), not logits.
+
+    For pairs that share the base's head: `ProxySource` then applies that head once to all three.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.body = model.model  # Llama-style: the decoder stack and final norm, no head
+        self._cache: Any = None
+
+    @torch.inference_mode()
+    def _run(self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.body(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
+                        past_key_values=self._cache, use_cache=True)  # fmt: skip
+        self._cache = out.past_key_values
+        return out.last_hidden_state[:, -1, :]
+
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        from factflow.serving.generate import CausalLMSource
+
+        self._cache = DynamicCache()
+        return self._run(input_ids, attention_mask, CausalLMSource._positions(attention_mask))
+
+    def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from factflow.serving.generate import CausalLMSource
+
+        return self._run(tokens, attention_mask, CausalLMSource._positions(attention_mask)[:, -1:])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self._cache.batch_select_indices(rows)
+
+
+def shares_head(base: Any, expert: Any, anti_expert: Any) -> bool:
+    """True when one head serves all three: Llama-style heads (logits = lm_head(h)) with equal weights.
+
+    A pair made by `factflow proxy distill/tune` keeps the base's frozen (tied) head.
+    """
+    models = (base, expert, anti_expert)
+    if any(getattr(m.config, "model_type", None) != "llama" for m in models):
+        return False  # other families may scale or cap logits after the head
+    head = base.lm_head.weight
+    return all(m.lm_head.weight.shape == head.shape and torch.equal(m.lm_head.weight, head)
+               for m in models[1:])  # fmt: skip
+
+
 class ProxySource:
     """`LogitsSource` of `factflow.serving.generate`: three models, one token stream, combined logits.
 
-    Each model is a `CausalLMSource` with its own KV cache (the pair may have fewer layers than the
-    base, so caches can't be shared); every call returns `combine_logits` of their three logits.
+    Each model has its own KV cache (the pair may have fewer layers than the base, so caches can't
+    be shared); every call returns `combine_logits` of their three logits. With `shared_head`
+    (`shares_head`) the three decoder bodies run and the one head multiplies all three hidden
+    states in one (3B, H) x (H, V) product, as the vLLM model does.
     """
 
-    def __init__(self, base: Any, expert: Any, anti_expert: Any, alpha: float, plausibility: float) -> None:
+    def __init__(
+        self, base: Any, expert: Any, anti_expert: Any, alpha: float, plausibility: float,
+        *, shared_head: bool = False,
+    ) -> None:  # fmt: skip
         from factflow.serving.generate import CausalLMSource
 
-        self.sources = [CausalLMSource(m) for m in (base, expert, anti_expert)]
+        models = (base, expert, anti_expert)
+        self.head = base.lm_head if shared_head else None
+        self.sources: list[Any] = [_BodySource(m) if shared_head else CausalLMSource(m) for m in models]
         self.alpha = alpha
         self.plausibility = plausibility
 
@@ -199,13 +254,20 @@ class ProxySource:
         """(B, V) x 3 -> (B, V) proxy-tuned logits, in float32 whatever the weights."""
         return combine_logits(z_base, z_expert, z_anti, self.alpha, self.plausibility)
 
+    def _logits(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        if self.head is None:
+            return self.combine(*outs)
+        with torch.inference_mode():
+            z = self.head(torch.cat(outs, dim=0))  # (3B, V): one product for the three models
+        return self.combine(*z.split(outs[0].shape[0], dim=0))
+
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) left-padded prompts -> (B, V) combined next-token logits."""
-        return self.combine(*(s.start(input_ids, attention_mask) for s in self.sources))
+        return self._logits([s.start(input_ids, attention_mask) for s in self.sources])
 
     def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, 1) new tokens, (B, T+n) mask -> (B, V) combined logits."""
-        return self.combine(*(s.step(tokens, attention_mask) for s in self.sources))
+        return self._logits([s.step(tokens, attention_mask) for s in self.sources])
 
 
 class ProxyTunedLM:
@@ -225,11 +287,13 @@ class ProxyTunedLM:
         self.expert, _ = load_hf_model(str(config.expert), dtype)
         self.anti_expert, _ = load_hf_model(str(config.anti_expert), dtype)
         self.dtype = dtype
+        self.shared_head = shares_head(self.base, self.expert, self.anti_expert)
 
     def source(self) -> ProxySource:
         """A fresh logits source (fresh caches) for one batch."""
         return ProxySource(
-            self.base, self.expert, self.anti_expert, self.alpha, self.config.plausibility
+            self.base, self.expert, self.anti_expert, self.alpha, self.config.plausibility,
+            shared_head=self.shared_head,
         )
 
     def parameter_counts(self) -> dict[str, int]:

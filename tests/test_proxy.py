@@ -161,7 +161,16 @@ def test_alpha_zero_and_equal_pair_give_base_greedy_output(
     assert [c.text for c in same.generate(PROMPTS, params)] == base_out  # expert == anti-expert
 
     steered = make_lm(tmp_path / "r.toml", model_path, k4, k2, 1.0)
-    assert [c.text for c in steered.generate(PROMPTS, params)] != base_out  # the pair really steers
+    steered_out = [c.text for c in steered.generate(PROMPTS, params)]
+    assert steered_out != base_out  # the pair really steers
+    # the cut pair keeps the base's head: one head product for all three, same logits as three
+    assert steered.shared_head
+    three = ProxySource(steered.base, steered.expert, steered.anti_expert, 1.0, steered.config.plausibility)
+    one = steered.source()
+    mask = torch.ones(1, len(ids[0]), dtype=torch.long)
+    assert torch.allclose(one.start(torch.tensor(ids[:1]), mask), three.start(torch.tensor(ids[:1]), mask),
+                          atol=1e-4)  # fmt: skip
+    assert [c.text for c in generate(three, tok, ids, params)] == steered_out
 
 
 class Capital(BaseModel):
