@@ -82,7 +82,8 @@ def make_cases(seed: int = SEED) -> list[dict[str, object]]:
             values = list(VALUES[family])
             rng.shuffle(values)  # which subject gets which value: seeded, not alphabetical
             template = FAMILIES[family][0]
-            rows += [(family, s, v, template.format(s=s, o=v)) for s, v in zip(SUBJECTS[family], values)]
+            pairs = zip(SUBJECTS[family], values, strict=True)
+            rows += [(family, s, v, template.format(s=s, o=v)) for s, v in pairs]
         facts = [r[3] for r in rows]
         rng.shuffle(facts)  # taught in mixed order, as a user would
         for family, subject, value, fact in rows:
