@@ -43,9 +43,11 @@ def run_toy_adaptation(chat: Any, home: Path, model_path: str) -> None:
             assert len(ops) <= 3
         else:
             SCHEMAS[call.role].model_validate_json(call.output)
-    # a wrong first answer is retried with its reflection (up to the 2 rounds)
+    # a wrong first answer is retried with its reflection (up to the 2 rounds); a role output the
+    # 135M model ran past its token cap is a skipped step with its reason, never a silent zero
+    assert any(step.rounds >= 1 for step in report.steps), [s.skipped for s in report.steps]
     for step in report.steps:
-        assert 1 <= step.rounds <= 2
+        assert step.rounds <= 2 and (step.rounds >= 1 or step.skipped)
         if step.correct is False and not step.corrected and not step.skipped:
             assert step.rounds == 2
     # the Curator's delta was applied, through the validator: state == replay of the op log
