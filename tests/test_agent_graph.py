@@ -14,7 +14,8 @@ from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from factflow.agent.cite import attribute, citation_model, parse_citations
-from factflow.agent.graph import build_graph, tools_could_help
+from factflow.agent.graph import build_graph
+from factflow.agent.turn_policy import tools_could_help
 from factflow.settings import Settings
 
 

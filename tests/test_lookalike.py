@@ -13,7 +13,8 @@ from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from typer.testing import CliRunner
 
-from factflow.agent.graph import answer_spans, build_graph, focus_facts
+from factflow.agent.graph import build_graph
+from factflow.agent.turn_policy import answer_spans, focus_facts
 from factflow.errors import UserError
 from factflow.evals.lab_data import RELATIONS
 from factflow.evals.lookalike import DEFAULT_CASES, grade, load_cases, summary_lines
