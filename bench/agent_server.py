@@ -1,15 +1,18 @@
 """The agent server against raw vLLM: answer tokens/s and turn latency at 1 and 16 sessions.
 
     python -m factflow.bench.agent_server [--sessions 1 16] [--turns 2] [--tokens 64] [--eager]
-                                          [--base-url URL]
+                                          [--natural-length] [--base-url URL]
 
 One vLLM server on the default model (or the one already running at --base-url); the agent
 server (`factflow serve --agent`'s app, in this process) talks to it. Each session is one thread
-that asks `--turns` questions one after another;
-sessions run concurrently. The same questions go straight to vLLM's /v1/chat/completions in the
-same run, with the same token cap. tokens/s = answer tokens delivered (counted by vLLM's
-/tokenize) / wall time; share = agent / raw. The agent adds retrieval, a tool decision, citation
-and the write-back gate to each turn, all of it on the same CPU as vLLM here.
+that asks `--turns` questions one after another; sessions run concurrently. The same questions go
+straight to vLLM's /v1/chat/completions in the same run. Both sides decode exactly `--tokens`
+tokens per answer (vLLM's `min_tokens`), so the ratio compares the same decode work and shows
+what the agent adds: its longer prompt (facts, playbook), retrieval, the tool decision when a tool
+could help, citation and the write-back gate, all on the same CPU as vLLM here.
+`--natural-length` lets answers stop at EOS instead (the agent's are shorter, so its tokens/s is
+lower for that reason alone). tokens/s = answer tokens (vLLM's /tokenize, citation markers left
+out) / wall time; share = agent / raw.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -31,6 +35,8 @@ from rich.table import Table
 
 __all__ = ["main"]
 
+_MARKER = re.compile(r"\s*\[[^\]\s]+\]")  # `[fact-id]` citation markers the agent appends
+
 FACTS = [
     "The capital of Zorbia is Quillmar.",
     "Zorbia's national dish is roasted blue squash.",
@@ -43,6 +49,18 @@ QUESTIONS = [
     "When does the river in Quillmar freeze?",
     "What money is used in Zorbia?",
 ]
+
+
+_NAMES = ["Ada", "Ben", "Cleo", "Dov", "Eli", "Fay", "Gus", "Hana"]
+_NAMES += ["Ivo", "Jan", "Kai", "Lea", "Max", "Nia", "Oto", "Pia"]
+_ORDINALS = ["first", "second", "third", "fourth"]
+
+
+def _question(session: int, turn: int) -> str:
+    """A question no other turn asks word for word: nothing is served from an embedding cache."""
+    # words, not digits: a digit would make the agent consider its calculator (a decide call)
+    name = _NAMES[session % len(_NAMES)] + ("" if session < len(_NAMES) else "son")
+    return f"{QUESTIONS[(session + turn) % len(QUESTIONS)]} Asked by {name}, {_ORDINALS[turn % 4]} question."
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -72,6 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--turns", type=int, default=2, help="questions per session")
     parser.add_argument("--tokens", type=int, default=64, help="answer token cap, both sides")
+    parser.add_argument(
+        "--natural-length",
+        action="store_true",
+        help="let answers stop at EOS (the agent's are shorter: its prompt asks for one or two sentences)",
+    )
     parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile (starts sooner)")
     parser.add_argument("--base-url", help="an already running vLLM server's /v1 root (else one is started)")
     from factflow.bench.machine import add_busy_flag, prelude
@@ -84,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from factflow.agent.api import Agent
     from factflow.agent.server import AGENT_MODEL_ID, AgentHub, AgentServerThread, create_app
-    from factflow.serving.engines import check_endpoint
+    from factflow.serving.engines import check_endpoint, load_chat_model
     from factflow.serving.models import resolve_model
     from factflow.serving.vllm_server import VLLMServer
     from factflow.settings import Settings
@@ -100,7 +123,12 @@ def main(argv: list[str] | None = None) -> None:
             vllm = stack.enter_context(VLLMServer(resolve_model(Settings()), extra_args=extra))
             url, served = vllm.base_url, vllm.served_model_name
         settings = Settings(home=home, engine="vllm", base_url=url, max_new_tokens=args.tokens)
-        agent = Agent(settings)
+        # same decode work on both sides: every answer is exactly --tokens long (vLLM's min_tokens
+        # holds EOS back), unless --natural-length lets each side stop where its model does
+        same = {} if args.natural_length else {"min_tokens": args.tokens}
+        chat = load_chat_model(settings)
+        chat.extra_body = same or None  # type: ignore[attr-defined]  # OpenAIChatModel; one call per turn here
+        agent = Agent(settings, chat_model=chat)
         for fact in FACTS:
             agent.teach(fact)
         raw = openai.OpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=600)
@@ -116,9 +144,10 @@ def main(argv: list[str] | None = None) -> None:
         def raw_turn(s: int, t: int) -> str:
             reply = raw.chat.completions.create(
                 model=served,
-                messages=[{"role": "user", "content": QUESTIONS[(s + t) % len(QUESTIONS)]}],
+                messages=[{"role": "user", "content": _question(s, t)}],
                 max_tokens=args.tokens,
                 temperature=0,
+                extra_body=same or None,
             )
             return reply.choices[0].message.content or ""
 
@@ -128,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
             def agent_turn(s: int, t: int) -> str:
                 reply = client.chat.completions.create(
                     model=AGENT_MODEL_ID,
-                    messages=[{"role": "user", "content": QUESTIONS[(s + t) % len(QUESTIONS)]}],
+                    messages=[{"role": "user", "content": _question(s, t)}],
                     user=f"bench-{s}-{time.monotonic_ns()}" if t == 0 else None,  # type: ignore[arg-type]
                     extra_headers={"X-Factflow-Thread": threads[s]} if t else None,
                 )
@@ -144,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                 for name, fn in (("raw", raw_turn), ("agent", agent_turn)):
                     threads.clear()
                     wall, lat, answers = _run(n, args.turns, fn)
-                    tokens = sum(count(a) for a in answers)
+                    tokens = sum(count(_MARKER.sub("", a)) for a in answers)  # citations aren't answer
                     results[name] = {
                         "tps": tokens / wall,
                         "p50": statistics.median(lat),
@@ -153,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append((n, results["raw"], results["agent"]))
 
     table = Table(
-        title=f"agent server vs raw vLLM ({args.turns} turns/session, <= {args.tokens} answer tokens)"
+        title=f"agent server vs raw vLLM ({args.turns} turns/session, "
+        f"{'<=' if args.natural_length else 'exactly'} {args.tokens} answer tokens)"
     )
     for col in ("sessions", "raw tok/s", "agent tok/s", "agent/raw", "raw p50/p95 s", "agent p50/p95 s"):
         table.add_column(col, justify="right")
