@@ -23,7 +23,7 @@ import random
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
@@ -35,7 +35,10 @@ from factflow.evals.lab_retention import RetentionQuestion, load_retention_set
 from factflow.evals.lab_routes import ROUTES, Answerer, RouteBudget, TooCostly, learn, route_unavailable
 from factflow.evals.stats import fmt_interval, fmt_rate, mean_interval
 
+_Row = TypeVar("_Row", bound=BaseModel)
+
 __all__ = [
+    "read_jsonl_rows",
     "LabConfig",
     "RunRow",
     "LeftOut",
@@ -135,16 +138,19 @@ def quick_config(out: Path, *, model_path: str, cache_dir: Path, seed: int = 0,
                      locality_candidates=6, n_neutral=2, retention_questions=8)
 
 
-def load_rows(path: Path) -> list[RunRow]:
+def read_jsonl_rows(path: Path, model: type[_Row]) -> list[_Row]:
+    """The rows of a lab results file (one pydantic model per line); none when it doesn't exist yet."""
     if not path.exists():
         return []
-    return [RunRow.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return [model.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_rows(path: Path) -> list[RunRow]:
+    return read_jsonl_rows(path, RunRow)
 
 
 def load_left_out(path: Path) -> list[LeftOut]:
-    if not path.exists():
-        return []
-    return [LeftOut.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl_rows(path, LeftOut)
 
 
 def _timed_answer(ans: Answerer, questions: list[str]) -> tuple[list[str], float]:

@@ -38,6 +38,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from factflow.evals.lab import read_jsonl_rows
 from factflow.evals.lab_data import LabFact, locality_probes, make_lab_data
 from factflow.evals.lab_metrics import accuracy
 from factflow.evals.lab_routes import RouteBudget, _encode, learn
@@ -232,9 +233,7 @@ def run_select(cfg: SelectConfig) -> Path:
 
 
 def load_rows(path: Path) -> list[SelectRow]:
-    if not path.exists():
-        return []
-    return [SelectRow.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl_rows(path, SelectRow)
 
 
 # ---- report ------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from factflow.errors import UserError
+from factflow.evals.lab import read_jsonl_rows
 from factflow.evals.lab_data import LabFact, make_lab_data, neutral_texts
 from factflow.evals.lab_metrics import accuracy, kl_to_base
 from factflow.evals.lab_routes import (
@@ -238,9 +239,7 @@ def run_sequential(cfg: SequentialConfig) -> Path:
 
 
 def load_rows(path: Path) -> list[SequentialRow]:
-    if not path.exists():
-        return []
-    return [SequentialRow.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl_rows(path, SequentialRow)
 
 
 # ---- report ------------------------------------------------------------------------------------
