@@ -307,16 +307,9 @@ def build_graph(
                 f"Fact: {best['text']}\nQuestion: {state['question']}\n"
                 "Which words of the fact answer the question?"
             )
-            try:
-                picked = (
-                    chat_model.with_structured_output(schema)
-                    .with_config(tags=[CONTROL_TAG])
-                    .invoke([HumanMessage(content=ask)])
-                )
-            except (OutputParserException, ValidationError) as exc:  # invalid output: keep the answer
-                log.warning("answer-span step failed: %s", exc)
+            data = _pick(schema, [HumanMessage(content=ask)], "answer-span step")
+            if data is None:  # invalid output: keep the answer
                 return message
-            data = picked.model_dump() if isinstance(picked, BaseModel) else dict(picked)  # type: ignore[call-overload]
             span = str(data["span"])
         if contains_match(str(message.content), span):
             return message
@@ -326,18 +319,23 @@ def build_graph(
         """One short constrained step: "answer" or the name of the tool to call next."""
         note = decide_note([by_name[o] for o in options if o in by_name], can_answer="answer" in options)
         schema = _decision_model(options)
-        try:
-            picked = (
-                chat_model.with_structured_output(schema)
-                .with_config(tags=[CONTROL_TAG])
-                .invoke([*prompt[:-1], HumanMessage(content=f"{prompt[-1].content}\n\n{note}")])
-            )
-        except (OutputParserException, ValidationError) as exc:  # invalid output: skipped -> answer
-            # (a dead server or a bug propagates: the turn fails instead of quietly skipping tools)
-            log.warning("tool decision failed: %s", exc)
+        asked = HumanMessage(content=f"{prompt[-1].content}\n\n{note}")
+        data = _pick(schema, [*prompt[:-1], asked], "tool decision")
+        if data is None:  # invalid output: skipped -> answer
             return "answer" if "answer" in options else options[0]
-        data = picked.model_dump() if isinstance(picked, BaseModel) else dict(picked)
         return str(data["action"])
+
+    def _pick(schema: type[BaseModel], messages: list[BaseMessage], step: str) -> dict[str, Any] | None:
+        """One constrained control call (not answer text); None when the model's output is invalid,
+        a skipped step that is logged. A dead server or a bug propagates: the turn fails instead of
+        quietly skipping the step."""
+        try:
+            constrained = chat_model.with_structured_output(schema).with_config(tags=[CONTROL_TAG])
+            picked = constrained.invoke(messages)
+        except (OutputParserException, ValidationError) as exc:
+            log.warning("%s failed: %s", step, exc)
+            return None
+        return picked.model_dump() if isinstance(picked, BaseModel) else dict(picked)  # type: ignore[call-overload]
 
     def _generate_single(state: AgentState, rounds: int, over_budget: bool) -> dict[str, Any]:
         """One bind_tools call per round (for models strong enough to answer inside the JSON action)."""
@@ -432,12 +430,9 @@ def build_graph(
     ) -> tuple[list[str], list[str]]:
         schema = citation_model([f["id"] for f in facts], bullet_ids)
         prompt = cite_prompt(state["question"], answer, facts, state.get("playbook_text", ""))
-        try:
-            picked = chat_model.with_structured_output(schema).invoke([HumanMessage(content=prompt)])
-        except (OutputParserException, ValidationError) as exc:  # invalid output: a skipped step
-            log.warning("citation pass failed: %s", exc)
+        data = _pick(schema, [HumanMessage(content=prompt)], "citation pass")
+        if data is None:  # invalid output: a skipped step
             return [], []
-        data = picked.model_dump() if isinstance(picked, BaseModel) else dict(picked)  # type: ignore[call-overload]
         return (
             list(dict.fromkeys(data.get("cited_fact_ids", []))),
             list(dict.fromkeys(data.get("used_bullet_ids", []))),
